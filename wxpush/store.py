@@ -1,0 +1,38 @@
+"""The Redis connection: a real server by URL, or an embedded in-memory one.
+
+With no ``WXPUSH_REDIS_URL`` the server runs on fakeredis (an in-memory, Redis-compatible
+store with pub/sub and Lua), which lives inside the process: fine for ``wxpush demo`` and a
+first look, wrong for more than one process, so start-up says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+
+# Fail fast: a request must get a 503 within a second when Redis is away, never hang.
+SOCKET_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 0.5
+
+
+def open_redis(url: str | None) -> Redis:
+    """Return an asyncio Redis client for ``url``, or the embedded store when ``None``."""
+    if url is None:
+        from fakeredis import FakeAsyncRedis  # imported lazily: only the embedded mode needs it
+
+        logger.warning(
+            "WXPUSH_REDIS_URL is not set: using an embedded in-memory Redis (fakeredis); "
+            "this server must run as a single process and loses its state on restart"
+        )
+        client: Redis = FakeAsyncRedis()
+        return client
+    return Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
