@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,30 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-# Every wait in the tests is this many seconds times a small factor; raise it on slow machines.
-TIMEOUT = float(os.environ.get("WXPUSH_TEST_TIMEOUT", "5"))
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.util import SHARED, TIMEOUT, free_port, wait_for
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except Exception:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+__all__ = ["SHARED", "TIMEOUT", "free_port", "wait_for"]
 
 
 @dataclass
@@ -57,9 +34,23 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed; run the README's test command"
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes",
-             "--maxclients", "20000"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "yes",
+                "--maxclients",
+                "20000",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -1,0 +1,80 @@
+"""The application factory: routes, error handlers, lifespan.
+
+``uvicorn --factory wxpush.app:create_app`` builds one app per worker from the environment;
+tests call :func:`create_app` with their own :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from wxpush.callback import ScanHandler, ignore_scan
+from wxpush.endpoints import health, wechat
+from wxpush.errors import WxpushError, error_response, from_protocol_error
+from wxpush.lifespan import lifespan
+from wxpush.settings import Settings
+from wxpush.wechat.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None, *, scan_handler: ScanHandler = ignore_scan
+) -> Starlette:
+    """Build the wxpush ASGI app (settings from the environment when not given)."""
+    settings = settings or Settings.from_env()
+    routes = [
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
+        Route("/wechat/{account}/callback", wechat.receive, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan(settings, scan_handler),
+        exception_handlers={
+            WxpushError: _wxpush_error,
+            ProtocolError: _protocol_error,
+            RedisConnectionError: _redis_down,
+            RedisTimeoutError: _redis_down,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+
+
+async def _wxpush_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WxpushError)
+    return exc.response()
+
+
+async def _protocol_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProtocolError)
+    return from_protocol_error(exc).response()
+
+
+async def _redis_down(request: Request, exc: Exception) -> Response:
+    logger.warning("Redis is unavailable: %s", type(exc).__name__)
+    return error_response(503, "redis_unavailable", "Redis is not reachable; try again shortly.")
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "Something went wrong on the server.")

@@ -1,0 +1,183 @@
+"""The ``wxpush`` command: serve, check, menu."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from wxpush import __version__
+from wxpush.errors import WxpushError
+from wxpush.settings import Account, Settings, SettingsError
+from wxpush.store import open_redis
+from wxpush.wechat.api import WeChatAPI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except SettingsError as exc:
+        print(f"wxpush: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wxpush", description="WeChat QR login server")
+    parser.add_argument("--version", action="version", version=f"wxpush {__version__}")
+    sub = parser.add_subparsers(title="commands")
+
+    serve = sub.add_parser("serve", help="run the production server (uvicorn)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=_serve)
+
+    check = sub.add_parser("check", help="validate settings and reach Redis and WeChat")
+    check.set_defaults(run=_check)
+
+    menu = sub.add_parser("menu", help="set, show or delete the account's custom menu")
+    menu.add_argument("--account", default=None, help="account name (default: the first)")
+    verbs = menu.add_subparsers(title="menu commands", required=True)
+    menu_set = verbs.add_parser("set", help="create the menu from a JSON file")
+    menu_set.add_argument("file", type=Path)
+    menu_set.set_defaults(run=_menu_set)
+    verbs.add_parser("get", help="print the current menu").set_defaults(run=_menu_get)
+    verbs.add_parser("delete", help="delete the menu").set_defaults(run=_menu_delete)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings.from_env()
+    if args.workers > 1 and settings.embedded_redis:
+        raise SettingsError("WXPUSH_REDIS_URL", "required to run more than one worker")
+    uvicorn.run(
+        "wxpush.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+# -- check ----------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"settings: failed — {exc}")
+        return 1
+    names = ", ".join(settings.accounts)
+    print(f"settings: ok ({len(settings.accounts)} account(s): {names})")
+    return asyncio.run(_check_services(settings))
+
+
+async def _check_services(settings: Settings) -> int:
+    failures = 0
+    async with _clients(settings) as (redis, http):
+        try:
+            await asyncio.wait_for(redis.ping(), timeout=3)
+            where = "embedded, single process" if settings.embedded_redis else "reachable"
+            print(f"redis: ok ({where})")
+        except Exception as exc:
+            print(f"redis: failed — {type(exc).__name__}: {exc}")
+            return 1
+        for account in settings.accounts.values():
+            api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
+            try:
+                await api.access_token()
+                print(f"wechat token ({account.name}): ok")
+            except WxpushError as exc:
+                failures += 1
+                print(f"wechat token ({account.name}): failed — {exc.message}")
+    return 1 if failures else 0
+
+
+# -- menu -----------------------------------------------------------------------------------
+
+
+def _menu_set(args: argparse.Namespace) -> int:
+    try:
+        menu = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"wxpush: cannot read a JSON menu from {args.file}: {exc}", file=sys.stderr)
+        return 2
+
+    async def run(api: WeChatAPI) -> None:
+        await api.menu_create(menu)
+        print("menu set")
+
+    return _with_api(args, run)
+
+
+def _menu_get(args: argparse.Namespace) -> int:
+    async def run(api: WeChatAPI) -> None:
+        print(json.dumps(await api.menu_get(), ensure_ascii=False, indent=2))
+
+    return _with_api(args, run)
+
+
+def _menu_delete(args: argparse.Namespace) -> int:
+    async def run(api: WeChatAPI) -> None:
+        await api.menu_delete()
+        print("menu deleted")
+
+    return _with_api(args, run)
+
+
+def _with_api(args: argparse.Namespace, run: Callable[[WeChatAPI], Awaitable[None]]) -> int:
+    settings = Settings.from_env()
+    account = _pick_account(settings, args.account)
+
+    async def go() -> int:
+        async with _clients(settings) as (redis, http):
+            api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
+            try:
+                await run(api)
+            except WxpushError as exc:
+                print(f"wxpush: {exc.message}", file=sys.stderr)
+                return 1
+        return 0
+
+    return asyncio.run(go())
+
+
+def _pick_account(settings: Settings, name: str | None) -> Account:
+    if name is None:
+        return settings.default_account
+    if name not in settings.accounts:
+        raise SettingsError("--account", f"no account named {name!r}")
+    return settings.accounts[name]
+
+
+@asynccontextmanager
+async def _clients(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    redis = open_redis(settings.redis_url)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+    try:
+        yield redis, http
+    finally:
+        await http.aclose()
+        await redis.aclose()
