@@ -183,7 +183,7 @@ class CallbackService:
         """A retry: wait (within the deadline) for the first delivery's reply and repeat it."""
         while True:
             stored = await self._redis.get(key)
-            if stored and stored[:1] == _DONE:
+            if isinstance(stored, bytes) and stored[:1] == _DONE:
                 return Reply.decode(stored)
             if stored is None or _remaining(inbound) < 0.1:
                 return SUCCESS

@@ -130,8 +130,8 @@ class Account:
 
     name: str
     appid: str
-    secret: str | None
     token: str
+    secret: str | None = None
     aes_key: str | None = None
     aes_key_previous: str | None = None
     access_token_url: str | None = None
@@ -166,9 +166,7 @@ class Settings:
     sms_provider: SmsProvider = _setting("WXPUSH_SMS_PROVIDER", _sms_provider, "console")
     sms_webhook_url: str | None = _setting("WXPUSH_SMS_WEBHOOK_URL", _url)
     forward_url: str | None = _setting("WXPUSH_FORWARD_URL", _url)
-    wechat_api_base: str = _setting(
-        "WXPUSH_WECHAT_API_BASE", _url, "https://api.weixin.qq.com"
-    )
+    wechat_api_base: str = _setting("WXPUSH_WECHAT_API_BASE", _url, "https://api.weixin.qq.com")
     login_only: bool = _setting("WXPUSH_LOGIN_ONLY", _bool, False)
     require_phone: bool = _setting("WXPUSH_REQUIRE_PHONE", _bool, True)
     link_by_phone: bool = _setting("WXPUSH_LINK_BY_PHONE", _bool, True)
@@ -182,6 +180,19 @@ class Settings:
         _str,
         "Almost there: finish signing in on the screen by confirming your phone number.",
     )
+    access_token_ttl: int = _setting("WXPUSH_ACCESS_TOKEN_TTL_SECONDS", _positive_int, 7200)
+    refresh_token_ttl: int = _setting(
+        "WXPUSH_REFRESH_TOKEN_TTL_SECONDS", _positive_int, 30 * 24 * 3600
+    )
+    sms_code_ttl: int = _setting("WXPUSH_SMS_CODE_TTL_SECONDS", _positive_int, 300)
+    sms_max_tries: int = _setting("WXPUSH_SMS_MAX_TRIES", _positive_int, 5)
+    sms_interval: int = _setting("WXPUSH_SMS_INTERVAL_SECONDS", _positive_int, 60)
+    sms_per_day_per_phone: int = _setting("WXPUSH_SMS_PER_DAY_PER_PHONE", _positive_int, 10)
+    sms_per_hour_per_ip: int = _setting("WXPUSH_SMS_PER_HOUR_PER_IP", _positive_int, 20)
+    scenes_per_minute_per_ip: int = _setting(
+        "WXPUSH_SCENES_PER_MINUTE_PER_IP", _positive_int, 120
+    )
+    sockets_per_ip: int = _setting("WXPUSH_SOCKETS_PER_IP", _positive_int, 50)
     log_level: str = _setting("WXPUSH_LOG_LEVEL", _str, "INFO")
 
     @property
@@ -207,9 +218,9 @@ class Settings:
         env.update(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            name = f.metadata.get("env")
+            name: str | None = f.metadata.get("env")
             raw = env.get(name) if name else None
-            if raw is None or raw.strip() == "":
+            if name is None or raw is None or raw.strip() == "":
                 continue
             values[f.name] = _parse(name, f.metadata["parse"], raw)
         settings = cls(**values)
@@ -313,13 +324,16 @@ def _accounts_from_file(path: str) -> dict[str, Account]:
     for index, table in enumerate(tables):
         if not isinstance(table, dict):
             raise SettingsError(variable, f"{path}: account #{index + 1} is not a table")
-        account = _account(
-            table, lambda key, i=index: f"{variable} ({path}, account #{i + 1}, {key})"
-        )
+        account = _account(table, _file_variable(f"{variable} ({path}, account #{index + 1}"))
         if account.name in accounts:
             raise SettingsError(variable, f"{path}: account name {account.name!r} repeats")
         accounts[account.name] = account
     return accounts
+
+
+def _file_variable(where: str) -> Callable[[str], str]:
+    """Name a field of an accounts-file table the way errors print it."""
+    return lambda key: f"{where}, {key})"
 
 
 def _check_consistency(settings: Settings) -> None:

@@ -1,0 +1,176 @@
+"""Settings: typed, read once, and one clear line naming the variable when something is off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import wire
+from wxpush.settings import Settings, SettingsError
+
+BASE = {"WXPUSH_APPID": wire.APPID, "WXPUSH_APPSECRET": "s3cret", "WXPUSH_TOKEN": wire.TOKEN}
+
+
+def load(**env: str) -> Settings:
+    return Settings.from_env({**BASE, **env}, dotenv=None)
+
+
+def test_defaults() -> None:
+    s = load()
+    assert list(s.accounts) == ["default"]
+    account = s.default_account
+    assert (account.appid, account.secret, account.token) == (wire.APPID, "s3cret", wire.TOKEN)
+    assert account.aes_key is None
+    assert s.qr_expire_seconds == 300
+    assert s.embedded_redis
+    assert s.wechat_api_base == "https://api.weixin.qq.com"
+    assert s.sms_provider == "console"
+    assert (s.login_only, s.require_phone, s.link_by_phone, s.sandbox) == (
+        False, True, True, False,
+    )  # fmt: skip
+    assert s.database_url.startswith("sqlite+aiosqlite:///")
+
+
+def test_values_are_typed() -> None:
+    key = wire.new_aes_key()
+    s = load(
+        WXPUSH_AES_KEY=key,
+        WXPUSH_QR_EXPIRE_SECONDS="120",
+        WXPUSH_LOGIN_ONLY="yes",
+        WXPUSH_REQUIRE_PHONE="0",
+        WXPUSH_ALLOWED_ORIGINS="https://a.example, https://b.example/",
+        WXPUSH_REDIS_URL="redis://127.0.0.1:6379/0",
+        WXPUSH_WECHAT_API_BASE="http://127.0.0.1:8000/sandbox/",
+    )
+    assert s.default_account.aes_key == key
+    assert s.qr_expire_seconds == 120
+    assert s.login_only is True and s.require_phone is False
+    assert s.allowed_origins == ("https://a.example", "https://b.example")
+    assert not s.embedded_redis
+    assert s.wechat_api_base == "http://127.0.0.1:8000/sandbox"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"WXPUSH_AES_KEY": "tooshort"}, "WXPUSH_AES_KEY"),
+        ({"WXPUSH_AES_KEY": "!" * 43}, "WXPUSH_AES_KEY"),
+        ({"WXPUSH_AES_KEY_PREVIOUS": "a" * 44}, "WXPUSH_AES_KEY_PREVIOUS"),
+        ({"WXPUSH_QR_EXPIRE_SECONDS": "soon"}, "WXPUSH_QR_EXPIRE_SECONDS"),
+        ({"WXPUSH_QR_EXPIRE_SECONDS": "-5"}, "WXPUSH_QR_EXPIRE_SECONDS"),
+        ({"WXPUSH_LOGIN_ONLY": "maybe"}, "WXPUSH_LOGIN_ONLY"),
+        ({"WXPUSH_REDIS_URL": "http://localhost"}, "WXPUSH_REDIS_URL"),
+        ({"WXPUSH_DATABASE_URL": "mysql://x"}, "WXPUSH_DATABASE_URL"),
+        ({"WXPUSH_PUBLIC_URL": "example.com"}, "WXPUSH_PUBLIC_URL"),
+        ({"WXPUSH_ALLOWED_ORIGINS": "example.com"}, "WXPUSH_ALLOWED_ORIGINS"),
+        ({"WXPUSH_SMS_PROVIDER": "pigeon"}, "WXPUSH_SMS_PROVIDER"),
+        ({"WXPUSH_SMS_PROVIDER": "webhook"}, "WXPUSH_SMS_WEBHOOK_URL"),
+        ({"WXPUSH_TOKEN": "a b"}, "WXPUSH_TOKEN"),
+        ({"WXPUSH_TOKEN": ""}, "WXPUSH_TOKEN"),
+        ({"WXPUSH_APPID": ""}, "WXPUSH_APPID"),
+        ({"WXPUSH_APPSECRET": ""}, "WXPUSH_APPSECRET"),
+    ],
+)
+def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(**env)
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(f"{variable}: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_access_token_url_stands_in_for_the_secret() -> None:
+    s = load(WXPUSH_APPSECRET="", WXPUSH_ACCESS_TOKEN_URL="http://127.0.0.1:7000/token")
+    assert s.default_account.secret is None
+    assert s.default_account.access_token_url == "http://127.0.0.1:7000/token"
+
+
+def test_secrets_stay_out_of_reprs_and_redacted_dicts() -> None:
+    s = load(WXPUSH_JWT_SECRET="jwt-secret-value", WXPUSH_AES_KEY=wire.new_aes_key())
+    shown = repr(s.default_account) + repr(s.redacted())
+    assert "s3cret" not in shown and "jwt-secret-value" not in shown
+    assert s.default_account.aes_key not in shown
+
+
+def test_accounts_file(tmp_path: Path) -> None:
+    key = wire.new_aes_key()
+    path = tmp_path / "accounts.toml"
+    path.write_text(
+        f"""
+[[account]]
+name = "main"
+appid = "wxaaaaaaaaaaaaaaaa"
+secret = "one"
+token = "tokenone"
+aes_key = "{key}"
+
+[[account]]
+name = "tv"
+appid = "wxbbbbbbbbbbbbbbbb"
+token = "tokentwo"
+access_token_url = "https://tokens.internal.example/wx"
+""",
+        encoding="utf-8",
+    )
+    s = Settings.from_env({"WXPUSH_ACCOUNTS_FILE": str(path)}, dotenv=None)
+    assert list(s.accounts) == ["main", "tv"]
+    assert s.accounts["main"].aes_key == key
+    assert s.accounts["tv"].secret is None
+    assert s.default_account.name == "main"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("not toml = = =", "not valid TOML"),
+        ("x = 1", "no [[account]]"),
+        ('[[account]]\nname = "a"\nappid = "wx1"\nsecret = "s"\n', "token"),
+        ('[[account]]\nname="a"\nappid="wx1"\nsecret="s"\ntoken="tok"\naes_key="short"\n',
+         "aes_key"),
+        ('[[account]]\nname="a"\nappid="wx1"\nsecret="s"\ntoken="tok"\n' * 2, "repeats"),
+    ],
+)  # fmt: skip
+def test_a_bad_accounts_file_names_the_file_and_the_field(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    path = tmp_path / "accounts.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"WXPUSH_ACCOUNTS_FILE": str(path)}, dotenv=None)
+    assert str(caught.value).startswith("WXPUSH_ACCOUNTS_FILE")
+    assert needle in str(caught.value)
+
+
+def test_missing_accounts_file() -> None:
+    with pytest.raises(SettingsError, match="WXPUSH_ACCOUNTS_FILE: cannot read"):
+        Settings.from_env({"WXPUSH_ACCOUNTS_FILE": "/nonexistent/accounts.toml"}, dotenv=None)
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        f"WXPUSH_APPID={wire.APPID}\nWXPUSH_APPSECRET=fromfile\nWXPUSH_TOKEN=filetoken\n"
+        "WXPUSH_QR_EXPIRE_SECONDS=60\n",
+        encoding="utf-8",
+    )
+    s = Settings.from_env({"WXPUSH_QR_EXPIRE_SECONDS": "90"}, dotenv=dotenv)
+    assert s.default_account.secret == "fromfile"
+    assert s.default_account.token == "filetoken"
+    assert s.qr_expire_seconds == 90
+
+
+def test_serve_stops_with_one_line_naming_the_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
+    env.update(BASE, WXPUSH_AES_KEY="not-a-key")
+    done = subprocess.run(
+        [sys.executable, "-m", "wxpush", "serve", "--port", "0"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "wxpush: WXPUSH_AES_KEY: an EncodingAESKey is 43 characters of base64 (A-Z a-z 0-9 + /)"
+    ]
