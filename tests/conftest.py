@@ -15,6 +15,8 @@ import redis
 
 from tests.util import SHARED, TIMEOUT, free_port, wait_for
 
+pytest_plugins = ["tests.pg"]
+
 __all__ = ["SHARED", "TIMEOUT", "free_port", "wait_for"]
 
 

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# PostgreSQL for the tests that run on it (Debian keeps initdb off PATH, tests/pg.py finds it)
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
     SUDO=""
     [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,8 +33,10 @@ OLD_AES_KEY = wire.new_aes_key()
 PATH = "/wechat/default/callback"
 
 
-def make_settings(redis_url: str, **env: str) -> Settings:
+def make_settings(redis_url: str, workdir: Path, **env: str) -> Settings:
     base = {
+        "WXPUSH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'wxpush.db'}",
+        "WXPUSH_JWT_KEY_FILE": str(workdir / "jwt.pem"),
         "WXPUSH_APPID": wire.APPID,
         "WXPUSH_APPSECRET": "secret",
         "WXPUSH_TOKEN": wire.TOKEN,
@@ -71,12 +74,14 @@ class Server:
 
 
 @pytest.fixture
-def start(redis_url: str, redis_server: RedisServer) -> Iterator[Callable[..., Server]]:
+def start(
+    redis_url: str, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Callable[..., Server]]:
     stack: list[Any] = []
 
     def run(**env: str) -> Server:
         scans = Scans()
-        app = create_app(make_settings(redis_url, **env), scan_handler=scans)
+        app = create_app(make_settings(redis_url, tmp_path, **env), scan_handler=scans)
         ctx = serve(app)
         url = ctx.__enter__()
         stack.append(ctx)

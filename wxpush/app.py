@@ -12,14 +12,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from wxpush.callback import ScanHandler, ignore_scan
-from wxpush.endpoints import health, wechat
+from wxpush import openapi
+from wxpush.callback import ScanHandler
+from wxpush.endpoints import health, scenes, tokens, wechat
 from wxpush.errors import WxpushError, error_response, from_protocol_error
 from wxpush.lifespan import lifespan
+from wxpush.metrics import Metrics
 from wxpush.settings import Settings
 from wxpush.wechat.errors import ProtocolError
 
@@ -27,19 +31,34 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, *, scan_handler: ScanHandler = ignore_scan
+    settings: Settings | None = None, *, scan_handler: ScanHandler | None = None
 ) -> Starlette:
     """Build the wxpush ASGI app (settings from the environment when not given)."""
     settings = settings or Settings.from_env()
+    metrics = Metrics()
+    scene = "/api/v1/scenes/{scene}"
     routes = [
+        Route("/api/v1/scenes", scenes.create, methods=["POST"]),
+        Route(scene, scenes.read, methods=["GET"]),
+        Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
+        Route(scene + "/qr.png", scenes.qr_png, methods=["GET"]),
+        Route(scene + "/sms", scenes.send_sms, methods=["POST"]),
+        Route(scene + "/bind", scenes.bind, methods=["POST"]),
+        Route("/api/v1/token/refresh", tokens.refresh, methods=["POST"]),
+        Route("/api/v1/logout", tokens.logout, methods=["POST"]),
+        Route("/api/v1/me", tokens.me, methods=["GET"]),
+        Route("/.well-known/jwks.json", tokens.jwks, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
         Route("/wechat/{account}/callback", wechat.receive, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
-        lifespan=lifespan(settings, scan_handler),
+        middleware=_middleware(settings),
+        lifespan=lifespan(settings, metrics, scan_handler),
         exception_handlers={
             WxpushError: _wxpush_error,
             ProtocolError: _protocol_error,
@@ -49,6 +68,25 @@ def create_app(
             Exception: _internal_error,
         },
     )
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    """CORS for the origins in WXPUSH_ALLOWED_ORIGINS (none: same-origin only)."""
+    if not settings.allowed_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    ]
+
+
+async def _openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi.document())
 
 
 async def _wxpush_error(request: Request, exc: Exception) -> Response:

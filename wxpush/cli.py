@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -16,8 +15,9 @@ import httpx
 
 from wxpush import __version__
 from wxpush.errors import WxpushError
-from wxpush.settings import Account, Settings, SettingsError
+from wxpush.settings import Account, Settings, SettingsError, port_from_env
 from wxpush.store import open_redis
+from wxpush.tokens import generate_key_file
 from wxpush.wechat.api import WeChatAPI
 
 
@@ -41,12 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the production server (uvicorn)")
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument("--port", type=int, default=port_from_env())
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(run=_serve)
 
     check = sub.add_parser("check", help="validate settings and reach Redis and WeChat")
     check.set_defaults(run=_check)
+
+    keygen = sub.add_parser("keygen", help="create the ES256 JWT signing key file")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.set_defaults(run=_keygen)
 
     menu = sub.add_parser("menu", help="set, show or delete the account's custom menu")
     menu.add_argument("--account", default=None, help="account name (default: the first)")
@@ -77,6 +81,18 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
         server_header=False,
     )
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    path = Settings.one("jwt_key_file")
+    try:
+        kid = generate_key_file(path, force=args.force)
+    except FileExistsError:
+        print(f"wxpush: {path} exists; pass --force to replace it (every issued token ends)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"wrote {path} (kid {kid})")
     return 0
 
 

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypedDict
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, TypedDict
 
 import httpx
-from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
-from wxpush.callback import CallbackService, ScanHandler, ignore_scan
+from wxpush.accounts import People, open_engine
+from wxpush.callback import CallbackService, ScanHandler
+from wxpush.limits import RateLimiter
+from wxpush.login import LoginFlow
+from wxpush.metrics import Metrics
+from wxpush.scenes import SceneStore
 from wxpush.settings import Settings
+from wxpush.sms import SmsCodes, make_provider
 from wxpush.store import open_redis
+from wxpush.tokens import TokenService
 from wxpush.wechat.api import WeChatAPI
 
 logger = logging.getLogger(__name__)
@@ -27,33 +34,57 @@ HTTP_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 class State(TypedDict):
     settings: Settings
-    redis: Redis
+    redis: Any
+    engine: AsyncEngine
     http: httpx.AsyncClient
     wechat: dict[str, WeChatAPI]
+    people: People
+    tokens: TokenService
+    login: LoginFlow
     callbacks: CallbackService
+    metrics: Metrics
 
 
 def lifespan(
-    settings: Settings, scan_handler: ScanHandler = ignore_scan
+    settings: Settings, metrics: Metrics, scan_handler: ScanHandler | None = None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[State]]:
-    """Build the lifespan of an app serving ``settings``."""
+    """Build the lifespan of an app serving ``settings``.
+
+    ``scan_handler`` replaces the login flow's own (tests of the callback layer use it).
+    """
 
     @asynccontextmanager
     async def run(app: Starlette) -> AsyncIterator[State]:
-        redis = open_redis(settings.redis_url)
-        http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False)
-        try:
+        async with AsyncExitStack() as stack:
+            redis = open_redis(settings.redis_url)
+            stack.push_async_callback(redis.aclose)
+            engine = open_engine(settings.database_url)
+            stack.push_async_callback(engine.dispose)
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=HTTP_TIMEOUT))
+            wechat_http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=HTTP_TIMEOUT, event_hooks=metrics.http_hooks())  # type: ignore[arg-type]
+            )
+            people = People(engine)
+            await people.create_schema()
             wechat = {
-                name: WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
+                name: WeChatAPI(
+                    account, http=wechat_http, redis=redis, base_url=settings.wechat_api_base
+                )
                 for name, account in settings.accounts.items()
             }
-            callbacks = CallbackService(settings, redis=redis, http=http, scan_handler=scan_handler)
+            tokens = TokenService(settings, redis)
+            sms = SmsCodes(settings, redis, make_provider(settings, http=http, redis=redis))
+            login = LoginFlow(
+                settings=settings, scenes=SceneStore(redis), people=people, tokens=tokens,
+                sms=sms, wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
+            )  # fmt: skip
+            callbacks = CallbackService(
+                settings, redis=redis, http=http, scan_handler=scan_handler or login.on_scan
+            )
             logger.info("wxpush ready: accounts %s", ", ".join(settings.accounts))
             yield State(
-                settings=settings, redis=redis, http=http, wechat=wechat, callbacks=callbacks
-            )
-        finally:
-            await http.aclose()
-            await redis.aclose()
+                settings=settings, redis=redis, engine=engine, http=http, wechat=wechat,
+                people=people, tokens=tokens, login=login, callbacks=callbacks, metrics=metrics,
+            )  # fmt: skip
 
     return run

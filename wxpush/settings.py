@@ -189,9 +189,7 @@ class Settings:
     sms_interval: int = _setting("WXPUSH_SMS_INTERVAL_SECONDS", _positive_int, 60)
     sms_per_day_per_phone: int = _setting("WXPUSH_SMS_PER_DAY_PER_PHONE", _positive_int, 10)
     sms_per_hour_per_ip: int = _setting("WXPUSH_SMS_PER_HOUR_PER_IP", _positive_int, 20)
-    scenes_per_minute_per_ip: int = _setting(
-        "WXPUSH_SCENES_PER_MINUTE_PER_IP", _positive_int, 120
-    )
+    scenes_per_minute_per_ip: int = _setting("WXPUSH_SCENES_PER_MINUTE_PER_IP", _positive_int, 120)
     sockets_per_ip: int = _setting("WXPUSH_SOCKETS_PER_IP", _positive_int, 50)
     log_level: str = _setting("WXPUSH_LOG_LEVEL", _str, "INFO")
 
@@ -205,6 +203,18 @@ class Settings:
         return next(iter(self.accounts.values()))
 
     @classmethod
+    def one(
+        cls, name: str, environ: Mapping[str, str] | None = None, *, dotenv: str | None = ".env"
+    ) -> Any:
+        """One setting by field name, without the rest (``wxpush keygen`` needs no account)."""
+        env = _environment(environ, dotenv)
+        f = {f.name: f for f in dataclasses.fields(cls)}[name]
+        raw = env.get(f.metadata["env"])
+        if raw is None or not raw.strip():
+            return f.default
+        return _parse(f.metadata["env"], f.metadata["parse"], raw)
+
+    @classmethod
     def from_env(
         cls,
         environ: Mapping[str, str] | None = None,
@@ -212,10 +222,7 @@ class Settings:
         dotenv: str | Path | None = ".env",
     ) -> Settings:
         """Read every setting once; raise :class:`SettingsError` on the first bad one."""
-        env: dict[str, str] = {}
-        if dotenv is not None and Path(dotenv).is_file():
-            env.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-        env.update(os.environ if environ is None else environ)
+        env = _environment(environ, dotenv)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             name: str | None = f.metadata.get("env")
@@ -240,6 +247,21 @@ class Settings:
                 value = [repr(a) for a in self.accounts.values()]
             out[f.name] = value
         return out
+
+
+def _environment(environ: Mapping[str, str] | None, dotenv: str | Path | None) -> dict[str, str]:
+    """``.env`` (when present) overlaid by the real environment."""
+    env: dict[str, str] = {}
+    if dotenv is not None and Path(dotenv).is_file():
+        env.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+    return env
+
+
+def port_from_env(default: int = 8000) -> int:
+    """``$PORT`` as platforms such as Heroku set it (the Procfile passes it too)."""
+    raw = os.environ.get("PORT", "")
+    return int(raw) if raw.isdigit() else default
 
 
 def _parse(variable: str, parse: Callable[[str], Any], raw: str) -> Any:

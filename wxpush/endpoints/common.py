@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+import json
+from typing import Any
 
 from starlette.requests import Request
 
@@ -31,6 +32,37 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than {limit // 1024} KiB.")
 
 
-def state(request: Request) -> Any:
-    """The lifespan state (see :class:`wxpush.lifespan.State`)."""
-    return cast(Any, request.state)
+JSON_LIMIT = 16 * 1024
+
+
+async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
+    """The body as a JSON object (``{}`` when empty and not ``required``), else 400."""
+    body = await read_body(request, JSON_LIMIT)
+    if not body.strip():
+        if required:
+            raise BadRequest("A JSON object body is required.", code="invalid_json")
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest("The body is not valid JSON.", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def text_field(data: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+    """A string field of a JSON body: 400 when missing (unless optional) or not a string."""
+    value = data.get(name)
+    if value is None:
+        if optional:
+            return None
+        raise BadRequest(f"The field {name!r} is required.", code="missing_field")
+    if not isinstance(value, str) or len(value) > 256:
+        raise BadRequest(f"The field {name!r} must be a short string.", code="invalid_field")
+    return value
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address (uvicorn resolves X-Forwarded-For from trusted proxies)."""
+    return request.client.host if request.client else "unknown"

@@ -7,6 +7,7 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from wxpush.accounts import People
 from wxpush.errors import Unavailable
 
 READY_TIMEOUT = 1.0
@@ -18,10 +19,12 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: Redis answers within a second."""
+    """Readiness: Redis and the database answer within a second each."""
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             await request.state.redis.ping()
     except Exception as exc:
         raise Unavailable("Redis is not reachable.", code="redis_unavailable") from exc
-    return JSONResponse({"status": "ok", "redis": "ok"})
+    people: People = request.state.people
+    await people.ping(timeout=READY_TIMEOUT)
+    return JSONResponse({"status": "ok", "redis": "ok", "database": "ok"})

@@ -9,8 +9,9 @@ from starlette.responses import PlainTextResponse, Response
 
 from wxpush.callback import CallbackService, Inbound
 from wxpush.endpoints.common import read_body
-from wxpush.errors import NotFound
+from wxpush.errors import NotFound, WxpushError, from_protocol_error
 from wxpush.settings import Account
+from wxpush.wechat.errors import ProtocolError
 
 
 def _account(request: Request) -> Account:
@@ -31,7 +32,16 @@ async def receive(request: Request) -> Response:
     received = time.monotonic()
     account = _account(request)
     service: CallbackService = request.state.callbacks
-    body = await read_body(request, request.state.settings.max_body_bytes)
-    inbound = Inbound(request.query_params, request.url.query, body, received)
-    reply = await service.handle(account, inbound)
+    outcomes = request.state.metrics.callbacks
+    try:
+        body = await read_body(request, request.state.settings.max_body_bytes)
+        inbound = Inbound(request.query_params, request.url.query, body, received)
+        reply = await service.handle(account, inbound)
+    except ProtocolError as exc:
+        outcomes.labels(from_protocol_error(exc).code).inc()
+        raise
+    except WxpushError as exc:
+        outcomes.labels(exc.code).inc()
+        raise
+    outcomes.labels("answered").inc()
     return Response(reply.body, media_type=reply.content_type)

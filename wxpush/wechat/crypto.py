@@ -95,7 +95,10 @@ class MessageCrypto:
             try:
                 return self._open(key.cbc_decrypt(data))
             except CiphertextError as exc:
-                error = error or exc
+                # A key that got as far as the appid is the right key: report that, not the
+                # bad padding the other key produced.
+                if error is None or isinstance(exc, AppIdMismatchError):
+                    error = exc
         assert error is not None
         raise error
 

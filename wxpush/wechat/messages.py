@@ -28,6 +28,14 @@ _PARSER = etree.XMLParser(
     dtd_validation=False,
 )
 
+# Within the last 250 bytes of its input, libxml2 (2.14) tries to grow its input buffer on every
+# character it reads, which doubles the cost of a document as small as WeChat's (most of it in
+# the CDATA sections WeChat wraps every string in). Whitespace after the root element is part
+# of XML's grammar (``Misc``), so the same document with a blank tail parses to the same tree,
+# about 40% faster. Only a document starting ``<xml`` gets the tail: it has no BOM and no XML
+# declaration, so it is UTF-8 and an ASCII space is a space in it.
+_TAIL = b" " * 256
+
 Fields = Mapping[str, str]
 
 
@@ -41,12 +49,13 @@ def parse_fields(data: bytes) -> dict[str, str]:
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise ForbiddenDoctypeError("DOCTYPE and entity declarations are not accepted")
     try:
-        root = etree.fromstring(data, _PARSER)
+        root = etree.fromstring(data + _TAIL if data.startswith(b"<xml") else data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise XMLError("malformed XML") from exc
     except ValueError as exc:  # e.g. a str with an encoding declaration
         raise XMLError("malformed XML") from exc
-    if root.getroottree().docinfo.doctype:  # belt and braces: the scan above catches it
+    docinfo: Any = root.getroottree().docinfo  # lxml-stubs type it loosely
+    if docinfo.doctype:  # belt and braces: the scan above catches it
         raise ForbiddenDoctypeError("DOCTYPE is not accepted")
     if root.tag != "xml":
         raise XMLError("root element must be <xml>")

@@ -1,7 +1,9 @@
 """Passive replies, built with lxml (never string formatting), plain or encrypted.
 
 Text goes into CDATA sections like WeChat's own; text containing ``]]>`` cannot live in
-CDATA, so it is written as escaped character data instead, which WeChat reads the same.
+CDATA, and a carriage return in CDATA reaches the reader as a line feed (XML end-of-line
+handling), so such text is written as escaped character data instead (``\r`` as ``&#13;``),
+which WeChat reads the same.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ SUCCESS = b"success"
 
 
 def _text(value: str) -> str | etree.CDATA:
-    return value if "]]>" in value else etree.CDATA(value)
+    return value if "]]>" in value or "\r" in value else etree.CDATA(value)
 
 
 def _document(fields: list[tuple[str, str | int]]) -> bytes:
     root = etree.Element("xml")
     for tag, value in fields:
         child = etree.SubElement(root, tag)
-        child.text = str(value) if isinstance(value, int) else _text(value)  # type: ignore[assignment]
+        child.text = str(value) if isinstance(value, int) else _text(value)
     return bytes(etree.tostring(root, encoding="utf-8", xml_declaration=False))
 
 

@@ -1,0 +1,84 @@
+"""``/api/v1/scenes``: create a login, read its state, render its QR, bind a phone."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+import segno
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from wxpush.endpoints.common import client_ip, read_json, text_field
+from wxpush.login import LoginFlow
+
+QR_CACHE = "private, max-age=60"
+
+
+def _flow(request: Request) -> LoginFlow:
+    flow: LoginFlow = request.state.login
+    return flow
+
+
+def base_url(request: Request) -> str:
+    """The server's public base URL: ``WXPUSH_PUBLIC_URL`` or what the request says."""
+    configured: str | None = request.state.settings.public_url
+    return configured or str(request.base_url).rstrip("/")
+
+
+async def create(request: Request) -> JSONResponse:
+    data = await read_json(request, required=False)
+    account = text_field(data, "account", optional=True)
+    scene = await _flow(request).create(account, ip=client_ip(request))
+    base = base_url(request)
+    api = f"{base}/api/v1/scenes/{scene.id}"
+    ws_base = "wss://" + base[8:] if base.startswith("https://") else "ws://" + base[7:]
+    body: dict[str, Any] = {
+        "scene": scene.id,
+        "status": "LOOP",
+        "code": 2,
+        "qr_url": scene.qr_url,
+        "qr_image": f"{api}/qr.svg",
+        "expires_in": request.state.settings.qr_expire_seconds,
+        "expires_at": datetime.fromtimestamp(scene.expires_at, UTC).isoformat(),
+        "ws_url": f"{ws_base}/ws/v1/scenes/{scene.id}",
+        "wait_url": f"{api}/wait",
+    }
+    return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+async def read(request: Request) -> JSONResponse:
+    body = await _flow(request).state(request.path_params["scene"])
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+async def qr_svg(request: Request) -> Response:
+    qr = segno.make(await _flow(request).qr_url(request.path_params["scene"]), error="m")
+    out = io.BytesIO()
+    qr.save(out, kind="svg", scale=8, border=2, xmldecl=False, title="WeChat login QR code")
+    return Response(out.getvalue(), media_type="image/svg+xml",
+                    headers={"Cache-Control": QR_CACHE})  # fmt: skip
+
+
+async def qr_png(request: Request) -> Response:
+    qr = segno.make(await _flow(request).qr_url(request.path_params["scene"]), error="m")
+    out = io.BytesIO()
+    qr.save(out, kind="png", scale=8, border=2)
+    return Response(out.getvalue(), media_type="image/png", headers={"Cache-Control": QR_CACHE})
+
+
+async def send_sms(request: Request) -> JSONResponse:
+    data = await read_json(request)
+    phone = text_field(data, "phone") or ""
+    resend_in = await _flow(request).send_code(
+        request.path_params["scene"], phone, ip=client_ip(request)
+    )
+    return JSONResponse({"resend_in": resend_in}, status_code=202)
+
+
+async def bind(request: Request) -> JSONResponse:
+    data = await read_json(request)
+    phone, code = text_field(data, "phone") or "", text_field(data, "code") or ""
+    body = await _flow(request).bind(request.path_params["scene"], phone, code)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
