@@ -15,6 +15,7 @@ import httpx
 
 from wxpush import __version__
 from wxpush.errors import WxpushError
+from wxpush.lifespan import quiet_secret_loggers
 from wxpush.settings import Account, Settings, SettingsError, port_from_env
 from wxpush.store import open_redis
 from wxpush.tokens import generate_key_file
@@ -22,6 +23,7 @@ from wxpush.wechat.api import WeChatAPI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_secret_loggers()
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):

@@ -45,6 +45,13 @@ class State(TypedDict):
     metrics: Metrics
 
 
+def quiet_secret_loggers() -> None:
+    """httpx logs each request URL at INFO, and WeChat's URLs carry the access_token (and,
+    for ``/cgi-bin/token``, the appsecret): keep those records out of every log."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def lifespan(
     settings: Settings, metrics: Metrics, scan_handler: ScanHandler | None = None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[State]]:
@@ -55,6 +62,7 @@ def lifespan(
 
     @asynccontextmanager
     async def run(app: Starlette) -> AsyncIterator[State]:
+        quiet_secret_loggers()
         async with AsyncExitStack() as stack:
             redis = open_redis(settings.redis_url)
             stack.push_async_callback(redis.aclose)

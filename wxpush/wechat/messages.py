@@ -2,7 +2,10 @@
 
 The parser never resolves entities, loads a DTD or touches the network, and refuses huge
 trees. WeChat never sends a DOCTYPE, so any document carrying one is refused before lxml
-sees it (no XXE, no billion laughs: the refusal costs one substring search).
+sees it (no XXE, no billion laughs: the refusal costs one substring search). A document that
+starts with its ``<xml>`` root, as WeChat's all do, has no prolog and so no room for a DOCTYPE:
+it skips the search, and "<!DOCTYPE" in its text is just text. The parsed tree's doctype is
+checked too, for encodings the byte search cannot see (UTF-16, UTF-32).
 
 Messages are built through a registry keyed by ``(MsgType, Event)``; anything not registered
 becomes :class:`Unknown`, which keeps every top-level field, so nothing WeChat adds later is
@@ -46,16 +49,21 @@ def parse_fields(data: bytes) -> dict[str, str]:
         ForbiddenDoctypeError: the document carries a DOCTYPE.
         XMLError: the document is not well-formed or its root is not ``<xml>``.
     """
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+    if data.startswith(b"<xml"):
+        # The root element starts at the first byte, so there is no prolog and nowhere for a
+        # DOCTYPE to be: "<!DOCTYPE" further on is text inside a CDATA section (a person may
+        # well send "<!DOCTYPE html>" to the account) or a syntax error lxml reports.
+        data += _TAIL
+    elif b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise ForbiddenDoctypeError("DOCTYPE and entity declarations are not accepted")
     try:
-        root = etree.fromstring(data + _TAIL if data.startswith(b"<xml") else data, _PARSER)
+        root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise XMLError("malformed XML") from exc
     except ValueError as exc:  # e.g. a str with an encoding declaration
         raise XMLError("malformed XML") from exc
     docinfo: Any = root.getroottree().docinfo  # lxml-stubs type it loosely
-    if docinfo.doctype:  # belt and braces: the scan above catches it
+    if docinfo.doctype:  # what the byte search cannot see: a UTF-16 or UTF-32 document
         raise ForbiddenDoctypeError("DOCTYPE is not accepted")
     if root.tag != "xml":
         raise XMLError("root element must be <xml>")
