@@ -348,6 +348,42 @@ def test_xxe_is_refused_without_leaking(data: bytes) -> None:
         seen = seen.__cause__ or seen.__context__
 
 
+def test_doctype_without_declaration_is_refused() -> None:
+    with pytest.raises(ForbiddenDoctypeError):
+        parse_message(XXE[XXE.index(b"<!DOCTYPE") :])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'<xml><!DOCTYPE x [<!ENTITY a SYSTEM "file:///etc/passwd">]><A>&a;</A></xml>',
+        b'<xml/><!DOCTYPE x [<!ENTITY a SYSTEM "file:///etc/passwd">]>',
+        b'<xml><A>&a;</A></xml><!DOCTYPE x [<!ENTITY a SYSTEM "file:///etc/passwd">]>',
+        b'<xml><!ENTITY a SYSTEM "file:///etc/passwd"><A>&a;</A></xml>',
+    ],
+)
+def test_doctype_after_the_root_starts_is_malformed(data: bytes) -> None:
+    # A DOCTYPE may only stand before the root element; anywhere else it is a syntax error.
+    with pytest.raises(XMLError) as info:
+        parse_fields(data)
+    assert _passwd_marker() not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<!DOCTYPE html><html><body>hi</body></html>",
+        '<!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>&xxe;',
+        '<!ENTITY lol "lol">',
+    ],
+)
+def test_doctype_text_in_a_message_is_just_text(content: str) -> None:
+    # A person may send "<!DOCTYPE html>" to the account; WeChat wraps it in CDATA.
+    msg = parse_message(doc("text", ("Content", content), ("MsgId", "1")))
+    assert isinstance(msg, TextMessage)
+    assert msg.content == content
+
+
 def _billion_laughs() -> bytes:
     entities = ['<!ENTITY lol0 "lol">'] + [
         f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)

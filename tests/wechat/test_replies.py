@@ -36,6 +36,8 @@ CONTENTS = [
     "line one\nline two\ttab",
     "windows\r\nline\rends",
     "windows]]>\r\nline",
+    "<!DOCTYPE html><html></html>",
+    '<!ENTITY xxe SYSTEM "file:///etc/passwd">',
 ]
 
 
