@@ -1,0 +1,58 @@
+"""The command line, run as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+
+
+def wxpush(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
+    return subprocess.run(
+        [sys.executable, "-m", "wxpush", *args],
+        env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_keygen_writes_a_private_key_once(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "jwt.pem"
+    key.parent.mkdir()
+    done = wxpush("keygen", cwd=tmp_path, WXPUSH_JWT_KEY_FILE=str(key))
+    assert done.returncode == 0, done.stderr
+    assert "kid" in done.stdout
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    pem = key.read_bytes()
+    signed = jwt.encode({"sub": "x"}, pem, algorithm="ES256")  # a usable P-256 key
+    assert signed.count(".") == 2
+    again = wxpush("keygen", cwd=tmp_path, WXPUSH_JWT_KEY_FILE=str(key))
+    assert again.returncode == 1
+    assert "--force" in again.stderr
+    assert key.read_bytes() == pem
+    forced = wxpush("keygen", "--force", cwd=tmp_path, WXPUSH_JWT_KEY_FILE=str(key))
+    assert forced.returncode == 0
+    assert key.read_bytes() != pem
+
+
+def test_check_reports_each_part_on_its_own_line(tmp_path: Path) -> None:
+    done = wxpush(
+        "check", cwd=tmp_path, WXPUSH_APPID="wx0123456789abcdef", WXPUSH_APPSECRET="s",
+        WXPUSH_TOKEN="tok123", WXPUSH_WECHAT_API_BASE="http://127.0.0.1:9",
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("settings: ok")
+    assert lines[1].startswith("redis: ok (embedded")
+    assert lines[2].startswith("wechat token (default): failed — WeChat cannot be reached")
+
+
+def test_check_names_a_bad_setting(tmp_path: Path) -> None:
+    done = wxpush("check", cwd=tmp_path, WXPUSH_APPID="wx1", WXPUSH_TOKEN="tok123")
+    assert done.returncode == 1
+    assert done.stdout.strip() == (
+        "settings: failed — WXPUSH_APPSECRET: missing (or give access_token_url)"
+    )
