@@ -6,9 +6,11 @@ import dataclasses
 import time
 
 import pytest
+from lxml import etree
 
 from wxpush.wechat.errors import ForbiddenDoctypeError, XMLError
 from wxpush.wechat.messages import (
+    _PARSER,
     ClickEvent,
     ImageMessage,
     Message,
@@ -161,6 +163,101 @@ def test_parse_fields_reads_top_level_text() -> None:
 def test_comments_are_skipped() -> None:
     fields = parse_fields(b"<xml><!-- note --><A>1</A><?pi x?></xml>")
     assert fields == {"A": "1"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        SUBSCRIBE_QR,
+        SUBSCRIBE_QR + b"\n",
+        SUBSCRIBE_QR + b"<!-- after the root -->",
+        b"<xml><A><![CDATA[" + b"x" * 300 + b"]]></A><B>2</B></xml>",
+        b"<xml><A><![CDATA[\xe4\xbd\xa0\xe5\xa5\xbd]]>\r\n</A><B/></xml>",
+        b"<xml><A>a]]b</A><B><![CDATA[]]]]><![CDATA[>]]></B></xml>",
+    ],
+)
+def test_parse_fields_agrees_with_a_plain_lxml_parse(data: bytes) -> None:
+    # parse_fields gives lxml a blank tail for speed; the fields must not change.
+    root = etree.fromstring(data)
+    assert parse_fields(data) == {c.tag: c.text or "" for c in root if isinstance(c.tag, str)}
+
+
+ENCRYPT = "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtJlE2B655HuD0m8KUePWB3+LrPXo87wzQ1QLvbeUg=="
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName>"
+        f"<Encrypt><![CDATA[{ENCRYPT}]]></Encrypt></xml>".encode(),
+        # As WeChat's documentation prints it: indented, one field per line.
+        f"<xml>\n    <ToUserName><![CDATA[{ACCOUNT}]]></ToUserName>\n"
+        f"    <Encrypt><![CDATA[{ENCRYPT}]]></Encrypt>\n</xml>\n".encode(),
+        f"<xml>\r\n<ToUserName><![CDATA[{ACCOUNT}]]></ToUserName>\r\n"
+        f"<Encrypt><![CDATA[{ENCRYPT[:-2]}]]></Encrypt>\r\n</xml>".encode(),
+        f"<xml><ToUserName><![CDATA[wx2c2769f8efd9abc2]]></ToUserName>"
+        f"<Encrypt><![CDATA[{ENCRYPT[:-1]}]]></Encrypt></xml>".encode(),
+    ],
+)
+def test_envelope_fast_path_agrees_with_lxml(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = {c.tag: c.text for c in etree.fromstring(data)}
+
+    def no_tree(*args: object) -> None:
+        raise AssertionError("a canonical envelope needs no tree")
+
+    monkeypatch.setattr(etree, "fromstring", no_tree)
+    assert parse_fields(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # Near misses of the envelope's shape: lxml reads them, with the same answers.
+        f"<xml><Encrypt><![CDATA[{ENCRYPT}]]></Encrypt>"
+        f"<ToUserName><![CDATA[{ACCOUNT}]]></ToUserName></xml>".encode(),
+        f"<xml><ToUserName>{ACCOUNT}</ToUserName><Encrypt>{ENCRYPT}</Encrypt></xml>".encode(),
+        f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName>"
+        f"<Encrypt><![CDATA[{ENCRYPT}]]></Encrypt><MsgType>event</MsgType></xml>".encode(),
+        f"<xml><ToUserName><![CDATA[公众号]]></ToUserName>"
+        f"<Encrypt><![CDATA[{ENCRYPT}]]></Encrypt></xml>".encode(),
+        f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName>"
+        f"<Encrypt><![CDATA[{ENCRYPT}]]>&amp;</Encrypt></xml>".encode(),
+        f"<xml><ToUserName><![CDATA[{ACCOUNT}]]></ToUserName><!-- c -->"
+        f"<Encrypt><![CDATA[{ENCRYPT}]]></Encrypt></xml>".encode(),
+    ],
+)
+def test_envelope_near_misses_go_through_lxml(data: bytes) -> None:
+    assert parse_fields(data) == {
+        c.tag: c.text for c in etree.fromstring(data).iterchildren(etree.Element)
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (
+            b'<!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            b"<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[QUJD]]></Encrypt></xml>",
+            ForbiddenDoctypeError,
+        ),
+        (
+            b"<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[QUJD]]></Encrypt>",
+            XMLError,
+        ),
+        (
+            b"<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[QUJD]]></Encrypt></xml>"
+            b"<xml/>",
+            XMLError,
+        ),
+        (
+            b"<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[QU\x00JD]]></Encrypt></xml>",
+            XMLError,
+        ),
+    ],
+)
+def test_malformed_envelopes_are_refused(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_fields(data)
 
 
 # --- Unknown keeps everything -------------------------------------------------------------
@@ -346,6 +443,14 @@ def test_xxe_is_refused_without_leaking(data: bytes) -> None:
         assert marker not in str(seen)
         assert marker not in repr(seen)
         seen = seen.__cause__ or seen.__context__
+
+
+def test_the_parser_itself_resolves_no_entities() -> None:
+    # Defence in depth: were a DOCTYPE ever to get past the refusals above, the parser would
+    # still leave external entities unresolved.
+    root = etree.fromstring(XXE, _PARSER)
+    assert _passwd_marker() not in etree.tostring(root, encoding="unicode")
+    assert root.findtext("ToUserName") in ("", None)
 
 
 def test_doctype_without_declaration_is_refused() -> None:
