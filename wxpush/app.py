@@ -37,7 +37,9 @@ def create_app(
     settings = settings or Settings.from_env()
     metrics = Metrics()
     scene = "/api/v1/scenes/{scene}"
-    routes = [
+    routes = [  # WeChat's callbacks are the busiest route: matched first
+        Route("/wechat/{account}/callback", wechat.receive, methods=["POST"]),
+        Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
         Route("/api/v1/scenes", scenes.create, methods=["POST"]),
         Route(scene, scenes.read, methods=["GET"]),
         Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
@@ -52,8 +54,6 @@ def create_app(
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
-        Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
-        Route("/wechat/{account}/callback", wechat.receive, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,

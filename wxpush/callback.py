@@ -165,6 +165,8 @@ class CallbackService:
     async def _once(
         self, account: Account, message: Message, inbound: Inbound, encrypted: bool
     ) -> Reply:
+        if _login_scene(message) is None and self._settings.forward_url is None:
+            return SUCCESS  # no side effect and always the same answer: nothing to remember
         digest = hashlib.sha1(message.dedup_key.encode()).hexdigest()
         key = f"wxpush:dedup:{account.name}:{digest}"
         ttl = self._settings.dedup_seconds
@@ -195,7 +197,8 @@ class CallbackService:
         self, account: Account, message: Message, inbound: Inbound, encrypted: bool
     ) -> Reply:
         scene = _login_scene(message)
-        if scene is not None and isinstance(message, SubscribeEvent | ScanEvent):
+        if scene is not None:
+            assert isinstance(message, SubscribeEvent | ScanEvent)
             scan = Scan(account, message.from_user, scene, message)
             text = await self._scan_handler(scan)
             if text is None:

@@ -35,7 +35,8 @@ async def receive(request: Request) -> Response:
     outcomes = request.state.metrics.callbacks
     try:
         body = await read_body(request, request.state.settings.max_body_bytes)
-        inbound = Inbound(request.query_params, request.url.query, body, received)
+        raw_query = request.scope["query_string"].decode("latin-1")
+        inbound = Inbound(request.query_params, raw_query, body, received)
         reply = await service.handle(account, inbound)
     except ProtocolError as exc:
         outcomes.labels(from_protocol_error(exc).code).inc()
