@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,6 +64,16 @@ class RedisServer:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=TIMEOUT)
             self.proc = None
+
+    def restart(self) -> None:
+        """Stop Redis cleanly, keeping its data on disk, and start it again (data reloaded)."""
+        assert self.proc is not None
+        with contextlib.suppress(redis.ConnectionError):  # it closes our connection as it goes
+            self.client().shutdown(save=True)
+        self.proc.wait(timeout=TIMEOUT)
+        self.proc = None
+        self.start()
+        (self.workdir / "dump.rdb").unlink(missing_ok=True)  # later SIGKILL restarts start empty
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=TIMEOUT)

@@ -16,11 +16,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from wxpush import openapi
 from wxpush.callback import ScanHandler
-from wxpush.endpoints import health, scenes, tokens, wechat
+from wxpush.endpoints import health, scenes, tokens, wechat, ws
 from wxpush.errors import WxpushError, error_response, from_protocol_error
 from wxpush.lifespan import lifespan
 from wxpush.metrics import Metrics
@@ -44,6 +44,8 @@ def create_app(
         Route(scene, scenes.read, methods=["GET"]),
         Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
         Route(scene + "/qr.png", scenes.qr_png, methods=["GET"]),
+        Route(scene + "/wait", scenes.wait, methods=["GET"]),
+        WebSocketRoute("/ws/v1/scenes/{scene}", ws.scene_socket),
         Route(scene + "/sms", scenes.send_sms, methods=["POST"]),
         Route(scene + "/bind", scenes.bind, methods=["POST"]),
         Route("/api/v1/token/refresh", tokens.refresh, methods=["POST"]),

@@ -82,6 +82,11 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         server_header=False,
+        # Pings every 45 s keep idle sockets under the 60 s timeout of common proxies;
+        # tiny JSON frames gain nothing from per-message deflate, which costs memory.
+        ws_ping_interval=45,
+        ws_ping_timeout=20,
+        ws_per_message_deflate=False,
     )
     return 0
 

@@ -6,10 +6,11 @@ state to every request as ``request.state``. Nothing lives in module globals.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, TypedDict
 
 import httpx
@@ -18,6 +19,8 @@ from starlette.applications import Starlette
 
 from wxpush.accounts import People, open_engine
 from wxpush.callback import CallbackService, ScanHandler
+from wxpush.endpoints.ws import SocketCount
+from wxpush.hub import Hub
 from wxpush.limits import RateLimiter
 from wxpush.login import LoginFlow
 from wxpush.metrics import Metrics
@@ -44,6 +47,8 @@ class State(TypedDict):
     login: LoginFlow
     callbacks: CallbackService
     metrics: Metrics
+    hub: Hub
+    sockets: SocketCount
 
 
 def quiet_secret_loggers() -> None:
@@ -51,6 +56,13 @@ def quiet_secret_loggers() -> None:
     for ``/cgi-bin/token``, the appsecret): keep those records out of every log."""
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+async def _stop(listener: asyncio.Task[None], hub: Hub) -> None:
+    listener.cancel()
+    with suppress(asyncio.CancelledError):
+        await listener
+    await hub.close()
 
 
 def settle_gc() -> None:
@@ -102,11 +114,15 @@ def lifespan(
             callbacks = CallbackService(
                 settings, redis=redis, http=http, scan_handler=scan_handler or login.on_scan
             )
+            hub = Hub(redis, on_reconnect=metrics.hub_reconnects.inc)
+            listener = asyncio.create_task(hub.run(), name="wxpush-hub")
+            stack.push_async_callback(_stop, listener, hub)
             logger.info("wxpush ready: accounts %s", ", ".join(settings.accounts))
             settle_gc()
             yield State(
                 settings=settings, redis=redis, engine=engine, http=http, wechat=wechat,
                 people=people, tokens=tokens, login=login, callbacks=callbacks, metrics=metrics,
+                hub=hub, sockets=SocketCount(),
             )  # fmt: skip
 
     return run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,6 +35,22 @@ class Metrics:
             "wxpush_wechat_api_seconds", "Latency of WeChat API calls", ["path"], registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )  # fmt: skip
+
+        self.waiters = Gauge(
+            "wxpush_waiters",
+            "Browsers waiting on a scene, by transport",
+            ["transport"],
+            registry=r,
+        )
+        self.push_latency = Histogram(
+            "wxpush_push_latency_seconds",
+            "Scene change published → frame sent",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.hub_reconnects = Counter(
+            "wxpush_hub_reconnects", "Reconnections of the Redis pub/sub listener", registry=r
+        )
 
     def http_hooks(self) -> dict[str, list[object]]:
         """httpx event hooks that time every call to WeChat (by path, never the query)."""

@@ -55,6 +55,21 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json(_STATE, "State")},
         }
     },
+    "/api/v1/scenes/{scene}/wait": {
+        "get": {
+            "summary": "Long-poll: answers as soon as the state is no longer LOOP",
+            "parameters": [
+                _SCENE,
+                {
+                    "name": "timeout",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 55, "default": 25},
+                },
+            ],
+            "responses": {"200": _json(_STATE, "State"), **_errors(400)},
+        }
+    },
     "/api/v1/scenes/{scene}/qr.svg": {
         "get": {
             "summary": "The QR code as SVG, rendered locally",
@@ -182,7 +197,8 @@ SCHEMAS: dict[str, Any] = {
 
 
 def document() -> dict[str, Any]:
-    """The whole OpenAPI document."""
+    """The whole OpenAPI document (the WebSocket ``/ws/v1/scenes/{scene}`` is in SPEC §3;
+    OpenAPI 3.1 has no way to describe one)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "wxpush", "version": __version__,

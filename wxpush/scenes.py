@@ -183,7 +183,8 @@ class SceneStore:
         result = await self._move(keys=[_key(scene_id)], args=args)
         if result != b"OK":
             return False
-        await self._redis.publish(channel(scene_id), to)
+        # The status and the publish time (for the push-latency metric); never a secret.
+        await self._redis.publish(channel(scene_id), f"{to} {time.time():.6f}")
         return True
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from wxpush.endpoints.common import client_ip, read_json, text_field
+from wxpush.errors import BadRequest
 from wxpush.login import LoginFlow
+from wxpush.metrics import Metrics
+from wxpush.watch import watch
 
 QR_CACHE = "private, max-age=60"
 
@@ -82,3 +87,46 @@ async def bind(request: Request) -> JSONResponse:
     phone, code = text_field(data, "phone") or "", text_field(data, "code") or ""
     body = await _flow(request).bind(request.path_params["scene"], phone, code)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+WAIT_DEFAULT, WAIT_MIN, WAIT_MAX = 25, 1, 55
+
+
+def _wait_timeout(request: Request) -> int:
+    raw = request.query_params.get("timeout", str(WAIT_DEFAULT))
+    if not raw.isdigit() or not WAIT_MIN <= int(raw) <= WAIT_MAX:
+        raise BadRequest(
+            f"timeout is a whole number of seconds from {WAIT_MIN} to {WAIT_MAX}.",
+            code="invalid_timeout",
+        )
+    return int(raw)
+
+
+async def wait(request: Request) -> JSONResponse:
+    """Long-poll: answer as soon as the state is not ``LOOP``, else ``LOOP`` at the timeout."""
+    timeout = _wait_timeout(request)
+    metrics: Metrics = request.state.metrics
+    gauge = metrics.waiters.labels("long_poll")
+    gauge.inc()
+    try:
+        state = await _first_settled(request, timeout)
+    finally:
+        gauge.dec()
+    return JSONResponse(state, headers={"Cache-Control": "no-store"})
+
+
+async def _first_settled(request: Request, seconds: int) -> dict[str, Any]:
+    flow, hub = _flow(request), request.state.hub
+    latest: dict[str, Any] = {"status": "LOOP", "code": 2}
+    async with aclosing(watch(flow, hub, request.path_params["scene"])) as states:
+        try:
+            async with asyncio.timeout(seconds):
+                async for state, _ in states:
+                    latest = state
+                    if state["status"] != "LOOP":
+                        break
+        except TimeoutError:
+            pass
+        except OverflowError:
+            pass  # cannot happen with one read per message; answer what we have
+    return latest

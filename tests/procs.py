@@ -1,0 +1,72 @@
+"""``wxpush serve`` as a real process, the way it runs in production."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.util import TIMEOUT, free_port, wait_for
+
+
+def _more_files() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+@dataclass
+class ServerProcess:
+    """One ``wxpush serve --workers 1`` on a free loopback port, stopped by pid."""
+
+    env: dict[str, str]
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
+        with (self.workdir / f"server-{self.port}.log").open("wb") as log:
+            self.proc = self._spawn(clean, log)
+        wait_for(self._healthy, timeout=TIMEOUT * 3)
+        return self
+
+    def _spawn(self, clean: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "wxpush", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            env={**clean, "WXPUSH_LOG_LEVEL": "warning", **self.env},
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_more_files,
+        )  # fmt: skip
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log()
+        return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+
+    def log(self) -> str:
+        return (self.workdir / f"server-{self.port}.log").read_text(errors="replace")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        os.kill(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=TIMEOUT * 2)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=TIMEOUT)
+        self.proc = None

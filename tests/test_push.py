@@ -1,0 +1,371 @@
+"""Real-time push: real ``wxpush serve`` processes on one real redis-server, real WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests import fakewechat, wire
+from tests.conftest import RedisServer
+from tests.procs import ServerProcess
+from tests.util import TIMEOUT
+from wxpush.wechat.crypto import MessageCrypto
+
+fake_wechat = fakewechat.fake_wechat
+AES_KEY = wire.new_aes_key()
+NEW = "oNewPerson000000000000000001"
+
+
+@dataclass
+class Cluster:
+    """Server processes sharing one Redis, and helpers acting as browser and as WeChat."""
+
+    fake: fakewechat.FakeWeChat
+    start_server: Callable[..., ServerProcess]
+
+    async def new_scene(self, server: ServerProcess, client: httpx.AsyncClient) -> dict[str, Any]:
+        answer = await client.post(server.url + "/api/v1/scenes", json={})
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json())
+
+    async def scan(
+        self, server: ServerProcess, client: httpx.AsyncClient, scene: dict[str, Any],
+        openid: str = NEW,
+    ) -> float:  # fmt: skip
+        """Fire WeChat's SCAN callback at ``server``; returns when its answer arrived."""
+        xml = wire.event_xml("SCAN", self.fake.scene_of(scene["qr_url"]), openid=openid)
+        crypto = MessageCrypto(self.fake.appid, AES_KEY)
+        params, body = wire.signed(xml, mode="safe", crypto=crypto, openid=openid)
+        answer = await client.post(
+            server.url + "/wechat/default/callback", params=params, content=body
+        )
+        assert answer.status_code == 200, answer.text
+        return time.monotonic()
+
+
+@pytest.fixture
+def cluster(
+    redis_url: str, tmp_path: Path, fake_wechat: fakewechat.FakeWeChat
+) -> Iterator[Cluster]:
+    servers: list[ServerProcess] = []
+
+    def start_server(**env: str) -> ServerProcess:
+        base = {
+            "WXPUSH_APPID": fake_wechat.appid,
+            "WXPUSH_APPSECRET": fake_wechat.secret,
+            "WXPUSH_TOKEN": wire.TOKEN,
+            "WXPUSH_AES_KEY": AES_KEY,
+            "WXPUSH_REDIS_URL": redis_url,
+            "WXPUSH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'people.db'}",
+            "WXPUSH_JWT_KEY_FILE": str(tmp_path / "jwt.pem"),
+            "WXPUSH_WECHAT_API_BASE": fake_wechat.url,
+            "WXPUSH_SCENES_PER_MINUTE_PER_IP": "100000",
+            "WXPUSH_SMS_INTERVAL_SECONDS": "1",
+        }
+        server = ServerProcess({**base, **env}, tmp_path).start()
+        servers.append(server)
+        return server
+
+    yield Cluster(fake_wechat, start_server)
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+async def frame(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- across processes -----------------------------------------------------------------------
+
+
+def test_a_scan_on_process_a_reaches_a_socket_on_process_b_at_once(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    a, b = cluster.start_server(), cluster.start_server()
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            scene = await cluster.new_scene(b, client)
+            async with connect(f"{b.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
+                first = await frame(ws)
+                assert (first["status"], first["code"]) == ("LOOP", 2)
+                answered = await cluster.scan(a, client, scene)
+                pushed = await frame(ws)
+                arrived = time.monotonic()
+                assert pushed == {"status": "NOT_REG", "code": 4}
+                # published before the callback answers: here by the time its answer is read
+                assert arrived - answered < 0.1
+
+                sms = f"{a.url}/api/v1/scenes/{scene['scene']}/sms"
+                assert (await client.post(sms, json={"phone": "13800138000"})).status_code == 202
+                code = redis_server.client().get("wxpush:sms:console:last:+8613800138000")
+                assert code is not None  # the console provider keeps the latest code
+                body = {"phone": "13800138000", "code": code.decode()}
+                bind = await client.post(f"{a.url}/api/v1/scenes/{scene['scene']}/bind", json=body)
+                assert bind.status_code == 200, bind.text
+                final = await frame(ws)
+                assert final == {"status": "REG", "code": 3, "claimed": True}  # no second token
+                await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+                assert ws.close_code == 1000
+
+    run(go())
+
+
+def test_no_change_is_lost_between_subscribe_and_read(cluster: Cluster) -> None:
+    a, b = cluster.start_server(), cluster.start_server()
+
+    async def round_(client: httpx.AsyncClient) -> str:
+        scene = await cluster.new_scene(b, client)
+
+        async def watch() -> str:
+            async with connect(f"{b.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
+                while True:
+                    state = await frame(ws)
+                    if state["status"] != "LOOP":
+                        return str(state["status"])
+
+        watcher = asyncio.create_task(watch())
+        await cluster.scan(a, client, scene)  # at the same moment as the socket opens
+        return await watcher
+
+    async def go() -> list[str]:
+        async with httpx.AsyncClient(timeout=TIMEOUT * 2) as client:
+            results: list[str] = []
+            for _ in range(10):
+                results += await asyncio.gather(*(round_(client) for _ in range(20)))
+            return results
+
+    results = run(go())
+    assert results == ["NOT_REG"] * 200
+
+
+# -- one process, many sockets --------------------------------------------------------------
+
+
+def test_a_thousand_sockets_share_one_pubsub_connection(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    server = cluster.start_server(WXPUSH_SOCKETS_PER_IP="5000")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT * 4) as client:
+            scenes = [await cluster.new_scene(server, client) for _ in range(1000)]
+            sockets = []
+            for scene in scenes:
+                ws = await connect(f"{server.ws_url}/ws/v1/scenes/{scene['scene']}")
+                sockets.append(ws)
+            assert [(await frame(ws))["status"] for ws in sockets] == ["LOOP"] * 1000
+            mine = [c for c in redis_server.client().client_list()
+                    if c["name"] == f"wxpush-{server.proc.pid}"]  # type: ignore[union-attr]  # fmt: skip
+            assert len(mine) <= 3
+            assert sum(int(c["sub"]) > 0 for c in mine) == 1
+            assert max(int(c["sub"]) for c in mine) >= 1000  # every scene on that connection
+            chosen = range(0, 1000, 20)
+            await asyncio.gather(*(cluster.scan(server, client, scenes[i]) for i in chosen))
+            for i in chosen:
+                assert (await frame(sockets[i]))["status"] == "NOT_REG"
+            others = [ws for i, ws in enumerate(sockets) if i not in chosen]
+            listening = [asyncio.ensure_future(ws.recv()) for ws in others[:100]]
+            done, _ = await asyncio.wait(listening, timeout=0.5)
+            assert not done  # nobody else hears a thing
+            for task in listening:
+                task.cancel()
+            await asyncio.gather(*(ws.close() for ws in sockets))
+
+    run(go())
+
+
+def test_sockets_survive_a_redis_restart(cluster: Cluster, redis_server: RedisServer) -> None:
+    server = cluster.start_server(WXPUSH_SOCKETS_PER_IP="500")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT * 2) as client:
+            scenes = [await cluster.new_scene(server, client) for _ in range(100)]
+            sockets = [await connect(f"{server.ws_url}/ws/v1/scenes/{s['scene']}")
+                       for s in scenes]  # fmt: skip
+            for ws in sockets:
+                assert (await frame(ws))["status"] == "LOOP"
+            await asyncio.to_thread(redis_server.restart)
+            await asyncio.sleep(0.5)  # let the hub notice, back off and re-subscribe
+            for scene in scenes:
+                answer = await wait_async(lambda s=scene: cluster.scan(server, client, s))
+                assert answer
+            states = [(await frame(ws, TIMEOUT * 2))["status"] for ws in sockets]
+            assert states == ["NOT_REG"] * 100
+            await asyncio.gather(*(ws.close() for ws in sockets))
+
+    run(go())
+
+
+async def wait_async(action: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await action()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def test_a_client_that_never_reads_does_not_delay_the_others(cluster: Cluster) -> None:
+    server = cluster.start_server()
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            stuck_scene = await cluster.new_scene(server, client)
+            raw = socket.create_connection(("127.0.0.1", server.port))
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            raw.sendall(
+                f"GET /ws/v1/scenes/{stuck_scene['scene']} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )  # and never read a byte
+            scene = await cluster.new_scene(server, client)
+            async with connect(f"{server.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
+                await frame(ws)
+                await cluster.scan(server, client, stuck_scene)
+                answered = await cluster.scan(server, client, scene)
+                assert (await frame(ws))["status"] == "NOT_REG"
+                assert time.monotonic() - answered < 0.1
+            raw.close()
+
+    run(go())
+
+
+# -- long-poll ------------------------------------------------------------------------------
+
+
+def test_long_poll_answers_at_the_event_or_at_the_timeout(cluster: Cluster) -> None:
+    server = cluster.start_server()
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT * 2) as client:
+            scene = await cluster.new_scene(server, client)
+            wait = f"{server.url}/api/v1/scenes/{scene['scene']}/wait"
+            started = time.monotonic()
+            idle = await client.get(wait, params={"timeout": "1"})
+            assert idle.json()["status"] == "LOOP"
+            assert 1 <= time.monotonic() - started < 1 + TIMEOUT
+
+            poll = asyncio.create_task(client.get(wait, params={"timeout": "20"}))
+            await asyncio.sleep(0.3)  # the long-poll is waiting
+            answered = await cluster.scan(server, client, scene)
+            result = await poll
+            assert time.monotonic() - answered < 0.1
+            assert result.json() == {"status": "NOT_REG", "code": 4}
+            # a state other than LOOP answers at once
+            again = await client.get(wait, params={"timeout": "20"})
+            assert again.json()["status"] == "NOT_REG"
+            for bad in ("0", "56", "ten", "-1"):
+                answer = await client.get(wait, params={"timeout": bad})
+                assert answer.status_code == 400
+                assert answer.json()["error"] == "invalid_timeout"
+
+    run(go())
+
+
+# -- handshake rules, expiry, shutdown ------------------------------------------------------
+
+
+def test_origins_are_enforced_on_the_handshake(cluster: Cluster) -> None:
+    server = cluster.start_server(WXPUSH_ALLOWED_ORIGINS="https://shop.example")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            scene = await cluster.new_scene(server, client)
+        url = f"{server.ws_url}/ws/v1/scenes/{scene['scene']}"
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, origin="https://evil.example")  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403
+        assert json.loads(refused.value.response.body or b"{}")["error"] == "origin_not_allowed"
+        for origin in ("https://shop.example", None, f"http://127.0.0.1:{server.port}"):
+            async with connect(url, origin=origin) as ws:  # type: ignore[arg-type]
+                assert (await frame(ws))["status"] == "LOOP"
+
+    run(go())
+
+
+def test_an_unknown_scene_gets_one_expired_frame_and_a_close(cluster: Cluster) -> None:
+    server = cluster.start_server()
+
+    async def go() -> None:
+        async with connect(f"{server.ws_url}/ws/v1/scenes/{'Z' * 22}") as ws:
+            assert await frame(ws) == {"status": "EXPIRED", "code": 1}
+            with pytest.raises(ConnectionClosed):
+                await frame(ws)
+            assert ws.close_code == 1000
+
+    run(go())
+
+
+def test_expiry_is_pushed_without_asking(cluster: Cluster) -> None:
+    server = cluster.start_server(WXPUSH_QR_EXPIRE_SECONDS="2")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            scene = await cluster.new_scene(server, client)
+        async with connect(f"{server.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
+            assert (await frame(ws))["status"] == "LOOP"
+            started = time.monotonic()
+            assert await frame(ws, TIMEOUT) == {"status": "EXPIRED", "code": 1}
+            assert time.monotonic() - started < 3
+
+    run(go())
+
+
+def test_the_per_ip_socket_cap(cluster: Cluster) -> None:
+    server = cluster.start_server(WXPUSH_SOCKETS_PER_IP="2")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            scene = await cluster.new_scene(server, client)
+        url = f"{server.ws_url}/ws/v1/scenes/{scene['scene']}"
+        async with connect(url) as one, connect(url) as two:
+            await frame(one)
+            await frame(two)
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url)
+            assert refused.value.response.status_code == 429
+        async with connect(url) as again:  # closed sockets free their places
+            await frame(again)
+
+    run(go())
+
+
+def test_shutdown_closes_sockets_with_1012(cluster: Cluster) -> None:
+    server = cluster.start_server()
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            scene = await cluster.new_scene(server, client)
+            text = (await client.get(server.url + "/metrics")).text
+        async with connect(f"{server.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
+            await frame(ws)
+            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                metrics = (await client.get(server.url + "/metrics")).text
+            assert 'wxpush_waiters{transport="websocket"} 1.0' in metrics
+            assert 'wxpush_waiters{transport="websocket"}' not in text or "} 0.0" in text
+            await asyncio.to_thread(server.stop)
+            with pytest.raises(ConnectionClosed):
+                await frame(ws)
+            assert ws.close_code == 1012
+
+    run(go())

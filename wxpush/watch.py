@@ -1,0 +1,90 @@
+"""Watching one scene: the states a waiting browser must see, in order, none missed.
+
+Shared by the WebSocket and the long-poll. The sequence is: subscribe (confirmed), read the
+state and yield it; then on every message re-read and yield the state when it changed;
+stop after a final one. Expiry is pushed by a timer per waiter (``loop.call_at``, no Redis
+polling): when the QR code's time is up the waiter re-reads and sees ``EXPIRED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from wxpush.errors import Unavailable
+from wxpush.hub import RESYNC, Hub, Waiter
+from wxpush.login import LoginFlow
+from wxpush.scenes import FINAL
+
+EXPIRY = "EXPIRY"  # the waiter's own timer: "the QR code's time is up, re-read"
+EXPIRY_SLACK = 0.05  # Redis expires keys on its own clock; re-read a moment after
+RETRY_READ = 0.5  # a re-read that failed because Redis is away is tried again this much later
+
+
+def published_at(message: str) -> float | None:
+    """The publish time carried by a scene message (``"<STATUS> <unix time>"``)."""
+    _, _, stamp = message.partition(" ")
+    try:
+        return float(stamp)
+    except ValueError:
+        return None
+
+
+async def watch(
+    flow: LoginFlow, hub: Hub, scene_id: str
+) -> AsyncGenerator[tuple[dict[str, Any], float | None], None]:
+    """Yield ``(state, published_at)`` now, then for each changed state, until a final one.
+
+    ``published_at`` is when the change was published (for the push-latency metric), or
+    ``None`` for the first read and for changes noticed otherwise (expiry, a resync).
+
+    Raises:
+        OverflowError: the consumer fell too far behind (its queue overflowed).
+        Unavailable: Redis is down (the subscription could not be confirmed).
+    """
+    async with hub.waiter(scene_id) as waiter:
+        state = await flow.state(scene_id)
+        yield state, None
+        if state["status"] in FINAL:
+            return
+        timer = await _arm_expiry(flow, waiter)
+        try:
+            last = state
+            while True:
+                message = await waiter.next()
+                try:
+                    state = await flow.state(scene_id)
+                except (RedisError, OSError, Unavailable):
+                    # Redis is restarting (refused, or still loading its data): keep the
+                    # browser waiting and look again shortly.
+                    _call_later(RETRY_READ, waiter, RESYNC)
+                    continue
+                if message == EXPIRY and state["status"] == "LOOP":
+                    timer.cancel()  # our clock ran ahead of Redis's: look again shortly
+                    timer = _call_later(0.25, waiter)
+                    continue
+                if _changed(last, state):
+                    yield state, published_at(message)
+                    last = state
+                if state["status"] in FINAL:
+                    return
+        finally:
+            timer.cancel()
+
+
+async def _arm_expiry(flow: LoginFlow, waiter: Waiter) -> asyncio.TimerHandle:
+    scene = await flow.scenes.get(waiter.scene_id)
+    delay = (scene.expires_at - time.time()) if scene else 0.0
+    return _call_later(max(0.0, delay) + EXPIRY_SLACK, waiter)
+
+
+def _call_later(delay: float, waiter: Waiter, message: str = EXPIRY) -> asyncio.TimerHandle:
+    return asyncio.get_running_loop().call_later(delay, waiter.offer, message)
+
+
+def _changed(last: dict[str, Any], state: dict[str, Any]) -> bool:
+    return state["status"] != last["status"] or state.get("claimed") != last.get("claimed")
