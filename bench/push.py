@@ -74,6 +74,7 @@ START_TIMEOUT = 30.0  # seconds for the server to answer /healthz
 STEP_TIMEOUT = 300.0  # seconds for any one step of a client process
 QR_EXPIRE_SECONDS = 3600  # no scene may expire during a run
 PING_INTERVAL = 45  # what `wxpush serve` sets (ws_ping_interval)
+TRY_AGAIN, RETRIES = 1013, 3  # a socket closed with 1013 at once is opened again (3 times)
 
 GOALS = (
     ("waiters on one process", "10,000"),
@@ -118,6 +119,7 @@ class _Held:
     sockets: dict[str, Any] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closing: bool = False
+    retries: Counter[str] = field(default_factory=Counter)  # refused first tries, by close
 
 
 @dataclass(slots=True)
@@ -145,34 +147,48 @@ async def _hold(ws: Any, scene: str, held: _Held) -> None:
 
 
 async def _open(port: int, scene: str, held: _Held, gate: asyncio.Semaphore) -> str | None:
-    """Open one socket and read its first frame; returns an error text, or None."""
-    from websockets.asyncio.client import connect
+    """Open one socket and read its first frame; returns an error text, or None.
 
-    async with gate:
-        try:
-            ws = await connect(
-                f"ws://127.0.0.1:{port}/ws/v1/scenes/{scene}",
-                ping_interval=None,  # browsers do not ping; the server does
-                compression=None,
-                open_timeout=20,
-                close_timeout=2,
-                max_queue=4,
-                user_agent_header=None,
-            )
-        except Exception as exc:
-            return f"connect: {type(exc).__name__}: {exc}"[:200]
-        try:
-            first = json.loads(await asyncio.wait_for(ws.recv(), 20))
-        except Exception as exc:
-            await ws.close()
-            return f"first frame: {type(exc).__name__}: {exc}"[:200]
-    held.frames[scene] = [(time.monotonic(), str(first.get("status")))]
-    held.sockets[scene] = ws
-    if first.get("status") != "LOOP":
-        return f"first frame is {first!r}"
-    task = asyncio.create_task(_hold(ws, scene, held))
-    held.tasks.add(task)
-    return None
+    A socket the server closes with 1013 ("try again later") is opened again after a pause,
+    as the widget would, at most ``RETRIES`` times; every such close is counted.
+    """
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    for attempt in range(RETRIES + 1):
+        async with gate:
+            try:
+                ws = await connect(
+                    f"ws://127.0.0.1:{port}/ws/v1/scenes/{scene}",
+                    ping_interval=None,  # browsers do not ping; the server does
+                    compression=None,
+                    open_timeout=20,
+                    close_timeout=2,
+                    max_queue=4,
+                    user_agent_header=None,
+                )
+            except Exception as exc:
+                return f"connect: {type(exc).__name__}: {exc}"[:200]
+            try:
+                first = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                held.retries[f"{code} {exc.rcvd.reason if exc.rcvd else ''}".strip()] += 1
+                if code == TRY_AGAIN and attempt < RETRIES:
+                    await asyncio.sleep(0.5 * 2**attempt)
+                    continue
+                return f"first frame: {type(exc).__name__}: {exc}"[:200]
+            except Exception as exc:
+                await ws.close()
+                return f"first frame: {type(exc).__name__}: {exc}"[:200]
+        held.frames[scene] = [(time.monotonic(), str(first.get("status")))]
+        held.sockets[scene] = ws
+        if first.get("status") != "LOOP":
+            return f"first frame is {first!r}"
+        task = asyncio.create_task(_hold(ws, scene, held))
+        held.tasks.add(task)
+        return None
+    return "unreachable"
 
 
 async def _poller(
@@ -244,7 +260,7 @@ async def _client(pipe: Connection, port: int) -> None:
             errors = await asyncio.gather(*(_open(port, s, held, gate) for s in scenes))
             failures = [e for e in errors if e is not None]
             pipe.send(("connected", len(scenes) - len(failures), failures[:20], len(failures),
-                       time.monotonic() - t0))  # fmt: skip
+                       time.monotonic() - t0, held.retries))  # fmt: skip
         elif command == "frames":
             alive = sum(1 for ws in held.sockets.values() if ws.close_code is None)
             pipe.send(("frames", held.frames, held.closes, alive))
@@ -503,6 +519,7 @@ class Result:
     connect_seconds: float = 0.0
     connect_cpu_us: float = 0.0
     connect_failures: list[str] = field(default_factory=list)
+    connect_retries: Counter[str] = field(default_factory=Counter)  # closes before LOOP
     rss_idle_mib: float = 0.0
     rss_waiting_mib: float = 0.0
     idle_cpu_zero: float = 0.0  # % of a core with no waiter
@@ -627,9 +644,12 @@ def _run(
     result.connected = sum(a[1] for a in answers)
     result.connect_failures = [f for a in answers for f in a[2]]
     failed = sum(a[3] for a in answers)
+    for a in answers:
+        result.connect_retries.update(a[5])
     result.connect_cpu_us = 1e6 * (ProcStats.of(pid).cpu_seconds - cpu0) / max(1, n)
     print(f"  {result.connected:,} of {n:,} sockets open in {result.connect_seconds:.1f} s "
-          f"({result.connect_cpu_us:.0f} µs of server CPU each); {failed} failed")  # fmt: skip
+          f"({result.connect_cpu_us:.0f} µs of server CPU each); {failed} failed; closed at "
+          f"once and opened again: {dict(result.connect_retries)}")  # fmt: skip
     for failure in result.connect_failures[:5]:
         print(f"    failure: {failure}")
     time.sleep(3)
@@ -792,6 +812,11 @@ def report(results: Sequence[Result], args: argparse.Namespace, where: str) -> N
         if r.connected < r.waiters:
             problems.append(f"{r.waiters - r.connected} sockets failed to open "
                             f"({'; '.join(r.connect_failures[:3])})")  # fmt: skip
+        if r.connect_retries:
+            problems.append(
+                f"{r.connect_retries.total()} sockets closed before their first frame and "
+                f"opened again: {dict(r.connect_retries)}"
+            )
         if r.closed_early:
             codes = Counter(f"{code} {reason}".strip() for _, code, reason in r.closed_early)
             problems.append(f"{len(r.closed_early)} sockets closed by the server: {dict(codes)}")
@@ -823,7 +848,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="WebSocket client processes")
     parser.add_argument("--scans", type=int, default=500, help="scans per measurement")
     parser.add_argument("--fire-concurrency", type=int, default=1, help="scans in flight")
-    parser.add_argument("--connect-concurrency", type=int, default=16, help="per client process")
+    parser.add_argument(
+        "--connect-concurrency", type=int, default=4, help="handshakes in flight per client"
+    )
     parser.add_argument("--create-concurrency", type=int, default=32, help="scene creations")
     parser.add_argument("--idle-seconds", type=float, default=float(PING_INTERVAL))
     parser.add_argument("--max-pollers", type=int, default=1000)

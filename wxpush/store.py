@@ -18,10 +18,11 @@ logger = logging.getLogger(__name__)
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 0.5
 # One connection is the hub's pub/sub; the others carry commands, which redis-py does not
-# multiplex, so requests queue for them (for at most POOL_WAIT s) instead of each opening a
+# multiplex, so requests queue for them (for at most POOL_WAIT s; a refused or dead server
+# still fails fast at connect) instead of each opening a
 # connection of its own: a process with 10,000 waiting browsers still holds 3 connections.
 MAX_CONNECTIONS = 3
-POOL_WAIT = 1.0
+POOL_WAIT = 3.0
 
 
 def open_redis(url: str | None) -> Redis:
