@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import time
@@ -20,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests import fakewechat, wire
 from tests.conftest import RedisServer
 from tests.procs import ServerProcess
-from tests.util import TIMEOUT
+from tests.util import TIMEOUT, wait_for
 from wxpush.wechat.crypto import MessageCrypto
 
 fake_wechat = fakewechat.fake_wechat
@@ -202,12 +203,22 @@ def test_sockets_survive_a_redis_restart(cluster: Cluster, redis_server: RedisSe
             for ws in sockets:
                 assert (await frame(ws))["status"] == "LOOP"
             await asyncio.to_thread(redis_server.restart)
-            await asyncio.sleep(0.5)  # let the hub notice, back off and re-subscribe
+
+            def resubscribed() -> bool:  # the hub noticed, backed off and subscribed again
+                name = f"wxpush-{server.proc.pid}"  # type: ignore[union-attr]
+                return any(c["name"] == name and int(c["sub"]) >= 100
+                           for c in redis_server.client().client_list())  # fmt: skip
+
+            await asyncio.to_thread(wait_for, resubscribed, TIMEOUT * 2)
             for scene in scenes:
                 answer = await wait_async(lambda s=scene: cluster.scan(server, client, s))
                 assert answer
             states = [(await frame(ws, TIMEOUT * 2))["status"] for ws in sockets]
             assert states == ["NOT_REG"] * 100
+            metrics = (await client.get(server.url + "/metrics")).text
+            assert re.search(r"^wxpush_hub_reconnects_total [1-9]", metrics, re.M)
+            # pushed live through the new subscription (not found by a re-read)
+            assert re.search(r"^wxpush_push_latency_seconds_count 100\.0", metrics, re.M)
             await asyncio.gather(*(ws.close() for ws in sockets))
 
     run(go())
