@@ -7,6 +7,7 @@ tests call :func:`create_app` with their own :class:`Settings`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -15,10 +16,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
-from wxpush import openapi
+import wxpush
+from wxpush import openapi, sandbox
 from wxpush.callback import ScanHandler
 from wxpush.endpoints import health, scenes, tokens, wechat, ws
 from wxpush.errors import WxpushError, error_response, from_protocol_error
@@ -31,13 +35,20 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings | None = None, *, scan_handler: ScanHandler | None = None
+    settings: Settings | None = None,
+    *,
+    scan_handler: ScanHandler | None = None,
+    static_dir: Path | None = None,
 ) -> Starlette:
-    """Build the wxpush ASGI app (settings from the environment when not given)."""
+    """Build the wxpush ASGI app (settings from the environment when not given).
+
+    ``static_dir`` is served at ``/static`` (and its ``index.html`` at ``/``); by default the
+    repository's ``static/`` (see :data:`STATIC_DIR`).
+    """
     settings = settings or Settings.from_env()
     metrics = Metrics()
     scene = "/api/v1/scenes/{scene}"
-    routes = [  # WeChat's callbacks are the busiest route: matched first
+    routes: list[BaseRoute] = [  # WeChat's callbacks are the busiest route: matched first
         Route("/wechat/{account}/callback", wechat.receive, methods=["POST"]),
         Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
         Route("/api/v1/scenes", scenes.create, methods=["POST"]),
@@ -57,6 +68,9 @@ def create_app(
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
     ]
+    if settings.sandbox:  # a stand-in WeChat: never mounted unless WXPUSH_SANDBOX=1
+        routes.append(sandbox.mount())
+    routes += _static_routes(static_dir or STATIC_DIR)
     return Starlette(
         routes=routes,
         middleware=_middleware(settings),
@@ -70,6 +84,39 @@ def create_app(
             Exception: _internal_error,
         },
     )
+
+
+# static/ beside the package: found in a source checkout or an editable install only (a wheel
+# does not carry it; then `/` and `/static` are simply absent).
+STATIC_DIR = Path(wxpush.__file__).resolve().parents[1] / "static"
+
+
+def _static_routes(directory: Path) -> list[BaseRoute]:
+    """``/static`` (the widget) and ``/`` (``static/index.html``, the demo login page)."""
+    if not directory.is_dir():
+        return []
+    routes: list[BaseRoute] = [Mount("/static", StaticFiles(directory=directory), name="static")]
+    index = directory / "index.html"
+    if index.is_file():
+        routes.append(Route("/", IndexPage(index), include_in_schema=False))
+    return routes
+
+
+class IndexPage:
+    """``static/index.html`` at ``/``: a page, not part of the API. As a plain ASGI app its
+    route has no ``methods`` list and stays out of the OpenAPI description."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response: Response
+        if scope["method"] in ("GET", "HEAD"):
+            response = FileResponse(self.file, headers={"Cache-Control": "no-cache"})
+        else:
+            message = "Method Not Allowed"
+            response = error_response(405, "method_not_allowed", message, {"Allow": "GET, HEAD"})
+        await response(scope, receive, send)
 
 
 def _middleware(settings: Settings) -> list[Middleware]:

@@ -1,4 +1,4 @@
-"""The ``wxpush`` command: serve, check, menu."""
+"""The ``wxpush`` command: serve, demo, check, keygen, menu."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(run=_serve)
 
+    demo = sub.add_parser("demo", help="everything on this machine, no WeChat account needed")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.set_defaults(run=_demo)
+
     check = sub.add_parser("check", help="validate settings and reach Redis and WeChat")
     check.set_defaults(run=_check)
 
@@ -88,6 +93,20 @@ def _serve(args: argparse.Namespace) -> int:
         ws_ping_timeout=20,
         ws_per_message_deflate=False,
     )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from wxpush.sandbox.demo import demo_app
+
+    app, url = demo_app(args.host, args.port)
+    print(f"wxpush demo: open {url}/ (sandbox phone, console SMS)", flush=True)
+    if url.startswith("http://127.0.0.1") and args.host != "127.0.0.1":
+        print("wxpush demo: for phones on the LAN, set WXPUSH_PUBLIC_URL=http://<this host's "
+              f"LAN address>:{args.port} so the QR code points at it", flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", server_header=False)
     return 0
 
 

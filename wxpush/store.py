@@ -11,6 +11,8 @@ import logging
 import os
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ def open_redis(url: str | None) -> Redis:
         socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=30,
         retry_on_timeout=False,
+        # One immediate retry (a pooled connection that died with a Redis restart), never
+        # redis-py's default of ten with backoff, which can hold a request for seconds.
+        retry=Retry(NoBackoff(), 1),
         client_name=f"wxpush-{os.getpid()}",  # CLIENT LIST tells each process's connections
     )
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections

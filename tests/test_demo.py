@@ -1,0 +1,83 @@
+"""``wxpush demo`` as a real process with no WXPUSH_* variable: the page, then a whole login."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tests.util import TIMEOUT, free_port, wait_for
+
+PHONE = "13900139000"
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
+    log = (tmp_path / "demo.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wxpush", "demo", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(proc, base, tmp_path), timeout=TIMEOUT)
+        yield base
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=TIMEOUT * 2)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=TIMEOUT)
+        log.close()
+    assert (tmp_path / "wxpush-demo.db").is_file()
+    assert (tmp_path / "wxpush-demo-jwt.pem").is_file()
+
+
+def _up(proc: subprocess.Popen[bytes], base: str, workdir: Path) -> bool:
+    assert proc.poll() is None, (workdir / "demo.log").read_text(errors="replace")
+    return httpx.get(base + "/healthz", timeout=1).status_code == 200
+
+
+def test_demo_serves_the_page(demo: str, tmp_path: Path) -> None:
+    home = httpx.get(demo + "/", timeout=TIMEOUT)
+    assert home.status_code == 200
+    assert home.headers["content-type"].startswith("text/html")
+    assert "wxpush" in home.text
+    assert f"open {demo}/" in (tmp_path / "demo.log").read_text()
+
+
+def test_demo_login_over_http(demo: str) -> None:
+    with httpx.Client(base_url=demo, timeout=TIMEOUT) as client:
+        created = client.post("/api/v1/scenes")
+        assert created.status_code == 201, created.text
+        scene, qr_url = created.json()["scene"], created.json()["qr_url"]
+        assert qr_url.startswith(demo + "/sandbox/phone?ticket=")
+        assert client.get(qr_url).status_code == 200
+        ticket = parse_qs(urlsplit(qr_url).query)["ticket"][0]
+
+        scan = {"ticket": ticket, "openid": "oDemoPerson0001", "follow": True}
+        followed = client.post("/sandbox/phone/scan", json=scan)
+        assert followed.status_code == 200, followed.text
+        assert followed.json()["reply"]  # safe mode: the sandbox decrypted the reply
+        waited = client.get(f"/api/v1/scenes/{scene}/wait", params={"timeout": 1}).json()
+        assert waited["status"] == "NOT_REG"
+
+        sent = client.post(f"/api/v1/scenes/{scene}/sms", json={"phone": PHONE})
+        assert sent.status_code == 202, sent.text
+        code = client.get("/sandbox/phone/sms", params={"phone": PHONE}).json()["code"]
+        bound = client.post(f"/api/v1/scenes/{scene}/bind", json={"phone": PHONE, "code": code})
+        assert bound.status_code == 200, bound.text
+        tokens = bound.json()
+        assert tokens["status"] == "REG" and tokens["user"]["new"] is True
+        me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+        assert me.status_code == 200, me.text
