@@ -63,7 +63,16 @@ from urllib.parse import urlencode
 
 import httpx
 import redis
-from callback_http import Credentials, ProcStats, free_port, http_request, pinned, start_redis, stop
+from callback_http import (
+    Credentials,
+    ProcStats,
+    cpu_busy,
+    free_port,
+    http_request,
+    pinned,
+    start_redis,
+    stop,
+)
 
 from wxpush.wechat.crypto import MessageCrypto
 
@@ -547,6 +556,7 @@ class Result:
     poll_errors: Counter[str] = field(default_factory=Counter)
     closed_early: list[tuple[str, int | None, str]] = field(default_factory=list)
     alive_after: int = 0
+    others: dict[str, float] = field(default_factory=dict)  # phase → % of a core not ours
 
     @property
     def rss_per_waiter_kib(self) -> float:
@@ -570,6 +580,22 @@ def cpu_percent(pid: int, seconds: float) -> tuple[float, float]:
         last = now
     elapsed = time.monotonic() - t0
     return 100 * (last - first) / elapsed, 100 * sorted(seconds_used)[len(seconds_used) // 2]
+
+
+class Others:
+    """CPU that processes not ours used during a phase (ours: this process and its children)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.busy0 = cpu_busy().get("cpu", 0.0)
+        self.ours0 = ProcStats.of(os.getpid()).cpu_seconds
+
+    def percent(self) -> float:
+        """% of a core used by others since this object was made."""
+        elapsed = time.monotonic() - self.t0
+        busy = cpu_busy().get("cpu", 0.0) - self.busy0
+        ours = ProcStats.of(os.getpid()).cpu_seconds - self.ours0
+        return 100 * max(0.0, busy - ours) / max(elapsed, 1e-9)
 
 
 def run_one(
@@ -669,7 +695,9 @@ def _run(
     result.rss_waiting_mib = ProcStats.of(pid).rss_mib
     result.redis_waiting = RedisView.of(redis_port)
     result.idle_seconds = args.idle_seconds
+    others = Others()
     result.idle_cpu, result.idle_cpu_median = cpu_percent(pid, args.idle_seconds)
+    result.others["idle"] = others.percent()
     print(f"  {n:,} waiters: RSS {result.rss_waiting_mib:.1f} MiB "
           f"({result.rss_per_waiter_kib:.1f} KiB each), idle CPU {result.idle_cpu:.2f} % "
           f"(median second {result.idle_cpu_median:.1f} %) over "
@@ -677,7 +705,9 @@ def _run(
 
     # 4. push
     sample = random.sample(waiting, min(args.scans, n))
+    others = Others()
     fired = asyncio.run(fire_scans(creds, port, sample, args.fire_concurrency, "ws"))
+    result.others["push"] = others.percent()
     result.scan_statuses = fired.statuses
     time.sleep(2)
     frames: dict[str, list[tuple[float, str]]] = {}
@@ -710,12 +740,14 @@ def _run(
     start = time.monotonic() + 0.5
     clients.ask([("poll", s, start) for s in split(polling, args.clients)])
     time.sleep(2.5)  # every poller has started
+    others = Others()
     busy0, w0 = ProcStats.of(pid).cpu_seconds, time.monotonic()
     time.sleep(args.poll_seconds)
     busy1, w1 = ProcStats.of(pid).cpu_seconds, time.monotonic()
     result.poll_cpu = 100 * (busy1 - busy0) / (w1 - w0)
     poll_sample = random.sample(polling, min(args.scans, pollers))
     fired_poll = asyncio.run(fire_scans(creds, port, poll_sample, args.fire_concurrency, "poll"))
+    result.others["polling"] = others.percent()
     result.scan_statuses.update(fired_poll.statuses)
     time.sleep(2.5)  # every poller has polled at least twice since its scan
     seen: dict[str, tuple[float, str]] = {}
@@ -854,8 +886,16 @@ def report(results: Sequence[Result], args: argparse.Namespace, where: str) -> N
             f"{r.connect_cpu_us:.0f} µs server CPU per socket opened; poll round trip p50 / "
             f"p99 {ms(pct(r.poll_rtt, 0.5))} / {ms(pct(r.poll_rtt, 0.99))} ms (steady), "
             f"{ms(pct(r.poll_rtt_scans, 0.5))} / {ms(pct(r.poll_rtt_scans, 0.99))} ms (while "
-            f"scans are fired)"
+            f"scans are fired); other processes used "
+            + ", ".join(f"{v:.0f} % of a core ({k})" for k, v in r.others.items())
         )
+        busy = {k: v for k, v in r.others.items() if v > 10}
+        if busy:
+            problems.append(
+                "WARNING: other processes were busy ("
+                + ", ".join(f"{k} {v:.0f} % of a core" for k, v in busy.items())
+                + "); figures are pessimistic"
+            )
         print(f"- N = {r.waiters:,}: {extra}; " + ("; ".join(problems) or "no errors"))
 
 

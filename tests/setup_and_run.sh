@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# Chromium for the widget tests (Playwright drives the system browser; nothing is downloaded)
+command -v chromium >/dev/null || need_apt+=(chromium)
 # PostgreSQL for the tests that run on it (Debian keeps initdb off PATH, tests/pg.py finds it)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     || need_apt+=(postgresql)
