@@ -28,6 +28,7 @@ class ServerProcess:
     env: dict[str, str]
     workdir: Path
     port: int = field(default_factory=free_port)
+    args: list[str] = field(default_factory=list)  # more ``wxpush serve`` options
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +49,7 @@ class ServerProcess:
     def _spawn(self, clean: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "wxpush", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port)],
+             "--port", str(self.port), *self.args],
             env={**clean, "WXPUSH_LOG_LEVEL": "warning", **self.env},
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_more_files,
         )  # fmt: skip

@@ -56,3 +56,9 @@ def test_check_names_a_bad_setting(tmp_path: Path) -> None:
     assert done.stdout.strip() == (
         "settings: failed — WXPUSH_APPSECRET: missing (or give access_token_url)"
     )
+
+
+def test_serve_refuses_a_ping_interval_over_50_seconds(tmp_path: Path) -> None:
+    done = wxpush("serve", "--ws-ping-interval", "60", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--ws-ping-interval: '60': give seconds, more than 0 and at most 50" in done.stderr

@@ -62,7 +62,7 @@ def cluster(
 ) -> Iterator[Cluster]:
     servers: list[ServerProcess] = []
 
-    def start_server(**env: str) -> ServerProcess:
+    def start_server(*args: str, **env: str) -> ServerProcess:
         base = {
             "WXPUSH_APPID": fake_wechat.appid,
             "WXPUSH_APPSECRET": fake_wechat.secret,
@@ -75,7 +75,7 @@ def cluster(
             "WXPUSH_SCENES_PER_MINUTE_PER_IP": "100000",
             "WXPUSH_SMS_INTERVAL_SECONDS": "1",
         }
-        server = ServerProcess({**base, **env}, tmp_path).start()
+        server = ServerProcess({**base, **env}, tmp_path, args=list(args)).start()
         servers.append(server)
         return server
 
@@ -259,6 +259,65 @@ def test_a_client_that_never_reads_does_not_delay_the_others(cluster: Cluster) -
             raw.close()
 
     run(go())
+
+
+def _raw_socket(server: ServerProcess, scene_id: str) -> socket.socket:
+    """A WebSocket opened by hand, so that the test sees (and answers) every frame itself."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    raw.sendall(
+        f"GET /ws/v1/scenes/{scene_id} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += raw.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return raw
+
+
+def _read_frame(raw: socket.socket) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    first, size = raw.recv(1)[0], raw.recv(1)[0] & 0x7F
+    assert size < 126
+    payload = b""
+    while len(payload) < size:
+        payload += raw.recv(size - len(payload))
+    return first & 0x0F, payload
+
+
+PING, PONG, CLOSE = 0x9, 0xA, 0x8
+
+
+def test_every_socket_is_pinged_each_interval_and_a_silent_one_is_closed(
+    cluster: Cluster,
+) -> None:
+    server = cluster.start_server("--ws-ping-interval", "1")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            return [await cluster.new_scene(server, client) for _ in range(2)]
+
+    answering, silent = (_raw_socket(server, s["scene"]) for s in run(go()))
+    for raw in (answering, silent):
+        assert _read_frame(raw)[0] == 0x1  # the first state, as text
+    started = time.monotonic()
+    pings = 0
+    while time.monotonic() - started < 3.5:  # the answering client: pinged about once a second
+        opcode, payload = _read_frame(answering)
+        assert opcode == PING
+        pings += 1
+        answering.sendall(bytes([0x80 | PONG, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+    assert 3 <= pings <= 4
+    # The silent client never answered: after one unanswered interval, 1011 and the end.
+    (first, _), (last, reason) = _read_frame(silent), _read_frame(silent)
+    assert (first, last) == (PING, CLOSE)
+    assert int.from_bytes(reason[:2], "big") == 1011
+    assert silent.recv(1) == b""  # closed
+    assert _read_frame(answering)[0] == PING  # the answering one is still served
+    answering.close()
+    silent.close()
 
 
 # -- long-poll ------------------------------------------------------------------------------

@@ -116,9 +116,10 @@ def open_engine(url: str) -> AsyncEngine:
     backend = parsed.get_backend_name()
     if backend == "postgres":
         backend = "postgresql"
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    options: dict[str, Any] = {}
     if backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+asyncpg")
+        options["pool_pre_ping"] = True  # a restarted server leaves dead pooled connections
         options["pool_timeout"] = POOL_TIMEOUT
         options["connect_args"] = {"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT}
     elif backend == "sqlite":

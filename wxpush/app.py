@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -25,7 +25,8 @@ import wxpush
 from wxpush import openapi, sandbox
 from wxpush.callback import ScanHandler
 from wxpush.endpoints import health, scenes, tokens, wechat, ws
-from wxpush.errors import WxpushError, error_response, from_protocol_error
+from wxpush.endpoints.common import error_answer
+from wxpush.errors import WxpushError, error_response
 from wxpush.lifespan import lifespan
 from wxpush.metrics import Metrics
 from wxpush.settings import Settings
@@ -49,14 +50,13 @@ def create_app(
     metrics = Metrics()
     scene = "/api/v1/scenes/{scene}"
     routes: list[BaseRoute] = [  # WeChat's callbacks are the busiest route: matched first
-        Route("/wechat/{account}/callback", wechat.receive, methods=["POST"]),
+        Route("/wechat/{account}/callback", wechat.Callback(), methods=["POST"]),
         Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
         Route("/api/v1/scenes", scenes.create, methods=["POST"]),
         Route(scene, scenes.read, methods=["GET"]),
         Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
         Route(scene + "/qr.png", scenes.qr_png, methods=["GET"]),
         Route(scene + "/wait", scenes.wait, methods=["GET"]),
-        WebSocketRoute("/ws/v1/scenes/{scene}", ws.scene_socket),
         Route(scene + "/sms", scenes.send_sms, methods=["POST"]),
         Route(scene + "/bind", scenes.bind, methods=["POST"]),
         Route("/api/v1/token/refresh", tokens.refresh, methods=["POST"]),
@@ -71,20 +71,66 @@ def create_app(
     if settings.sandbox:  # a stand-in WeChat: never mounted unless WXPUSH_SANDBOX=1
         routes.append(sandbox.mount())
     routes += _static_routes(static_dir or STATIC_DIR)
-    return Starlette(
+    return App(
         routes=routes,
         middleware=_middleware(settings),
         lifespan=lifespan(settings, metrics, scan_handler),
         exception_handlers={
-            WxpushError: _wxpush_error,
-            ProtocolError: _protocol_error,
-            RedisConnectionError: _redis_down,
-            RedisTimeoutError: _redis_down,
-            HTTPException: _http_error,
-            Exception: _internal_error,
+            kind: _error
+            for kind in (
+                WxpushError,
+                ProtocolError,
+                RedisConnectionError,
+                RedisTimeoutError,
+                HTTPException,
+                Exception,
+            )
         },
     )
 
+
+class App(Starlette):
+    """Starlette, with the waiting sockets taken straight to their plain ASGI handler.
+
+    ``WS /ws/v1/scenes/{scene}`` (SPEC §3) is the one WebSocket route. A waiting socket lives
+    for minutes and there may be tens of thousands, so it keeps no routing or middleware
+    frames alive (CORS does not apply to WebSockets; origins are checked by the handler).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            account = _callback_account(scope["path"])
+            if account is not None:
+                scope["app"] = self
+                await wechat.handle_post(scope, receive, send, account)
+                return
+        elif scope["type"] == "websocket":
+            scope["app"] = self
+            scene_id = _socket_scene(scope["path"])
+            if scene_id is None:
+                await ws.no_such_socket(scope, receive, send)
+            else:
+                await ws.scene_socket(scope, receive, send, scene_id)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _callback_account(path: str) -> str | None:
+    """``/wechat/{account}/callback`` → ``account`` (one path segment), else ``None``."""
+    if not path.startswith("/wechat/") or not path.endswith("/callback"):
+        return None
+    account = path[len("/wechat/") : -len("/callback")]
+    return account if account and "/" not in account else None
+
+
+def _socket_scene(path: str) -> str | None:
+    scene_id = path.removeprefix(SOCKET_PREFIX)
+    if scene_id == path or not scene_id or "/" in scene_id:
+        return None
+    return scene_id
+
+
+SOCKET_PREFIX = "/ws/v1/scenes/"
 
 # static/ beside the package: found in a source checkout or an editable install only (a wheel
 # does not carry it; then `/` and `/static` are simply absent).
@@ -138,30 +184,6 @@ async def _openapi(request: Request) -> JSONResponse:
     return JSONResponse(openapi.document())
 
 
-async def _wxpush_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, WxpushError)
-    return exc.response()
-
-
-async def _protocol_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProtocolError)
-    return from_protocol_error(exc).response()
-
-
-async def _redis_down(request: Request, exc: Exception) -> Response:
-    logger.warning("Redis is unavailable: %s", type(exc).__name__)
-    return error_response(503, "redis_unavailable", "Redis is not reachable; try again shortly.")
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "Something went wrong on the server.")
+async def _error(request: Request, exc: Exception) -> Response:
+    """Every handler's errors, answered in JSON (:func:`.common.error_answer`)."""
+    return error_answer(exc)[1]

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
     serve.add_argument("--port", type=int, default=port_from_env())
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--ws-ping-interval", type=_ping_interval, default=PING_INTERVAL, metavar="SECONDS",
+        help=f"ping every WebSocket this often (default {PING_INTERVAL:g}; keep it under the "
+        "60 s idle timeout of common proxies)",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="everything on this machine, no WeChat account needed")
@@ -70,6 +75,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+PING_INTERVAL = 45.0
+MAX_PING_INTERVAL = 50.0  # every socket is pinged at least this often
+
+
+def websocket_options(ping_interval: float = PING_INTERVAL) -> dict[str, Any]:
+    """uvicorn's WebSocket settings: the lean protocol of :mod:`wxpush.wsprotocol` (one
+    shared keep-alive timer), no per-message deflate (tiny JSON frames gain nothing from it,
+    and it costs memory on every socket)."""
+    return {
+        "ws": "wxpush.wsprotocol:WaitingSocketProtocol",
+        "ws_ping_interval": ping_interval,
+        "ws_per_message_deflate": False,
+    }
+
+
+def _ping_interval(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_PING_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r}: give seconds, more than 0 and at most {MAX_PING_INTERVAL:g} (SPEC §3)"
+        )
+    return seconds
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -87,11 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         server_header=False,
-        # Pings every 45 s keep idle sockets under the 60 s timeout of common proxies;
-        # tiny JSON frames gain nothing from per-message deflate, which costs memory.
-        ws_ping_interval=45,
-        ws_ping_timeout=20,
-        ws_per_message_deflate=False,
+        **websocket_options(args.ws_ping_interval),
     )
     return 0
 
@@ -106,7 +134,10 @@ def _demo(args: argparse.Namespace) -> int:
     if url.startswith("http://127.0.0.1") and args.host != "127.0.0.1":
         print("wxpush demo: for phones on the LAN, set WXPUSH_PUBLIC_URL=http://<this host's "
               f"LAN address>:{args.port} so the QR code points at it", flush=True)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", server_header=False)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", server_header=False,
+        **websocket_options(),
+    )  # fmt: skip
     return 0
 
 

@@ -41,27 +41,58 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.05, 5.0
 
 
 class Waiter:
-    """One local listener on one scene; read :attr:`queue` for statuses (or ``RESYNC``)."""
+    """One local listener on one scene: :meth:`next` gives its messages (statuses, ``RESYNC``).
 
-    __slots__ = ("overflowed", "queue", "scene_id")
+    Tens of thousands may wait at once, so it is small: a short list and, while its reader
+    waits, one future (an ``asyncio.Queue`` with its events costs ten times that).
+    """
+
+    __slots__ = ("_messages", "_size", "_wakeup", "overflowed", "scene_id", "stopped")
 
     def __init__(self, scene_id: str, size: int) -> None:
         self.scene_id = scene_id
-        self.queue: asyncio.Queue[str] = asyncio.Queue(size)
-        self.overflowed = asyncio.Event()
+        self._size = size
+        self._messages: list[str] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self.overflowed = False
+        self.stopped = False
 
     def offer(self, message: str) -> None:
         """Hand a message over without waiting; overflow marks the waiter for closing."""
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.overflowed.set()
+        if len(self._messages) >= self._size:
+            self.overflowed = True
+        else:
+            self._messages.append(message)
+        self._wake()
 
-    async def next(self) -> str:
-        """The next message; raises ``OverflowError`` if this waiter fell too far behind."""
-        if self.overflowed.is_set():
-            raise OverflowError("waiter overflowed")
-        return await self.queue.get()
+    def stop(self) -> None:
+        """Its reader is gone (the client left): :meth:`next` answers ``None`` from now on."""
+        self.stopped = True
+        self._wake()
+
+    async def next(self) -> str | None:
+        """The next message, or ``None`` once stopped.
+
+        Raises:
+            OverflowError: this waiter fell too far behind.
+        """
+        while True:
+            if self.overflowed:
+                raise OverflowError("waiter overflowed")
+            if self.stopped:
+                return None
+            if self._messages:
+                return self._messages.pop(0)
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
 
 class _Channel:

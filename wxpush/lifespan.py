@@ -66,15 +66,15 @@ async def _stop(listener: asyncio.Task[None], hub: Hub) -> None:
 
 
 def settle_gc() -> None:
-    """Move everything built at start-up out of the collector's sight and collect less often.
+    """Move everything built at start-up out of the collector's sight.
 
-    A server holds a large, long-lived heap (modules, the app, its clients) and makes many
-    short-lived objects per request; full collections walking the long-lived part cost
-    milliseconds each on the hot path (≈ 8 % of callback CPU in bench/callback_http.py).
+    A server holds a large, long-lived heap (modules, the app, its clients); without this,
+    every full collection walks it again. The thresholds stay Python's own: larger young
+    generations make each collection rarer but longer, and with thousands of open sockets a
+    single generation-1 pass grew to a second-long stall of the event loop.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def lifespan(

@@ -34,14 +34,16 @@ FINAL = frozenset({"REG", "EXPIRED"})
 SCENE_PREFIX = "login:"
 RESULT_GRACE = 120  # seconds a REG/NOT_REG scene outlives a QR about to expire
 
-# KEYS[1] scene; ARGV: from-status, to-status, ttl-floor, then field/value pairs to set.
+# KEYS[1] scene (its channel has the same name); ARGV: from-status, to-status, ttl-floor,
+# the message to publish, then field/value pairs to set. One round trip moves and tells.
 _MOVE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= ARGV[1] then return status or false end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 5))
 if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
+redis.call('PUBLISH', KEYS[1], ARGV[4])
 return 'OK'
 """
 
@@ -177,15 +179,13 @@ class SceneStore:
         return scene
 
     async def _transition(self, scene_id: str, old: str, to: str, /, **fields: str) -> bool:
-        args: list[str] = [old, to, str(RESULT_GRACE)]
+        # The message is the status and the publish time (for the push-latency metric);
+        # never a secret.
+        args: list[str] = [old, to, str(RESULT_GRACE), f"{to} {time.time():.6f}"]
         for name, value in fields.items():
             args += [name, value]
-        result = await self._move(keys=[_key(scene_id)], args=args)
-        if result != b"OK":
-            return False
-        # The status and the publish time (for the push-latency metric); never a secret.
-        await self._redis.publish(channel(scene_id), f"{to} {time.time():.6f}")
-        return True
+        result: bytes | None = await self._move(keys=[_key(scene_id)], args=args)
+        return result == b"OK"
 
 
 def _flag(value: bool) -> str:

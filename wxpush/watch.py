@@ -1,6 +1,7 @@
 """Watching one scene: the states a waiting browser must see, in order, none missed.
 
-Shared by the WebSocket and the long-poll. The sequence is: subscribe (confirmed), read the
+Shared by the WebSocket and the long-poll, which subscribe first (:meth:`Hub.waiter`, confirmed
+by Redis). The sequence is: subscribed, read the
 state and yield it; then on every message re-read and yield the state when it changed;
 stop after a final one. Expiry is pushed by a timer per waiter (``loop.call_at``, no Redis
 polling): when the QR code's time is up the waiter re-reads and sees ``EXPIRED``.
@@ -16,7 +17,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from wxpush.errors import Unavailable
-from wxpush.hub import RESYNC, Hub, Waiter
+from wxpush.hub import RESYNC, Waiter
 from wxpush.login import LoginFlow
 from wxpush.scenes import FINAL
 
@@ -35,45 +36,44 @@ def published_at(message: str) -> float | None:
 
 
 async def watch(
-    flow: LoginFlow, hub: Hub, scene_id: str
+    flow: LoginFlow, waiter: Waiter
 ) -> AsyncGenerator[tuple[dict[str, Any], float | None], None]:
-    """Yield ``(state, published_at)`` now, then for each changed state, until a final one.
+    """Yield ``(state, published_at)`` now, then for each changed state, until a final one
+    (or until ``waiter`` is stopped). ``waiter`` comes from :meth:`Hub.waiter`, subscribed.
 
     ``published_at`` is when the change was published (for the push-latency metric), or
     ``None`` for the first read and for changes noticed otherwise (expiry, a resync).
 
     Raises:
         OverflowError: the consumer fell too far behind (its queue overflowed).
-        Unavailable: Redis is down (the subscription could not be confirmed).
     """
-    async with hub.waiter(scene_id) as waiter:
-        state = await flow.state(scene_id)
-        yield state, None
-        if state["status"] in FINAL:
-            return
-        timer = await _arm_expiry(flow, waiter)
-        try:
-            last = state
-            while True:
-                message = await waiter.next()
-                try:
-                    state = await flow.state(scene_id)
-                except (RedisError, OSError, Unavailable):
-                    # Redis is restarting (refused, or still loading its data): keep the
-                    # browser waiting and look again shortly.
-                    _call_later(RETRY_READ, waiter, RESYNC)
-                    continue
-                if message == EXPIRY and state["status"] == "LOOP":
-                    timer.cancel()  # our clock ran ahead of Redis's: look again shortly
-                    timer = _call_later(0.25, waiter)
-                    continue
-                if _changed(last, state):
-                    yield state, published_at(message)
-                    last = state
-                if state["status"] in FINAL:
-                    return
-        finally:
-            timer.cancel()
+    scene_id = waiter.scene_id
+    state = await flow.state(scene_id)
+    yield state, None
+    if state["status"] in FINAL:
+        return
+    timer = await _arm_expiry(flow, waiter)
+    try:
+        last = state
+        while (message := await waiter.next()) is not None:
+            try:
+                state = await flow.state(scene_id)
+            except (RedisError, OSError, Unavailable):
+                # Redis is restarting (refused, or still loading its data): keep the
+                # browser waiting and look again shortly.
+                _call_later(RETRY_READ, waiter, RESYNC)
+                continue
+            if message == EXPIRY and state["status"] == "LOOP":
+                timer.cancel()  # our clock ran ahead of Redis's: look again shortly
+                timer = _call_later(0.25, waiter)
+                continue
+            if _changed(last, state):
+                yield state, published_at(message)
+                last = state
+            if state["status"] in FINAL:
+                return
+    finally:
+        timer.cancel()
 
 
 async def _arm_expiry(flow: LoginFlow, waiter: Waiter) -> asyncio.TimerHandle:

@@ -118,7 +118,10 @@ async def wait(request: Request) -> JSONResponse:
 async def _first_settled(request: Request, seconds: int) -> dict[str, Any]:
     flow, hub = _flow(request), request.state.hub
     latest: dict[str, Any] = {"status": "LOOP", "code": 2}
-    async with aclosing(watch(flow, hub, request.path_params["scene"])) as states:
+    async with (
+        hub.waiter(request.path_params["scene"]) as waiter,
+        aclosing(watch(flow, waiter)) as states,
+    ):
         try:
             async with asyncio.timeout(seconds):
                 async for state, _ in states:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
 from contextlib import aclosing, suppress
+from typing import Any
 from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import Receive, Scope, Send
 
 from wxpush.errors import WxpushError
-from wxpush.hub import Hub
+from wxpush.hub import Hub, Waiter
 from wxpush.login import LoginFlow
 from wxpush.metrics import Metrics
 from wxpush.settings import Settings
@@ -57,51 +58,62 @@ class SocketCount:
             del self._open[ip]
 
 
-async def scene_socket(websocket: WebSocket) -> None:
-    state = websocket.state
-    settings: Settings = state.settings
-    if not origin_allowed(settings, websocket.headers.get("origin"), websocket.headers.get("host")):
-        await _deny(websocket, 403, "origin_not_allowed", "This origin may not open sockets.")
+async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str) -> None:
+    """The socket of one waiting browser, as a plain ASGI app.
+
+    A waiting socket lives for minutes and there may be tens of thousands: it holds no
+    Starlette request object, middleware or routing frames, and one task besides its own
+    (reading the client, so that a departure is noticed at once).
+    """
+    state = scope["state"]
+    settings: Settings = state["settings"]
+    if (await receive())["type"] != "websocket.connect":
+        return  # the client left during the handshake
+    if not origin_allowed(settings, *_origin_and_host(scope)):
+        await _deny(scope, send, 403, "origin_not_allowed", "This origin may not open sockets.")
         return
-    ip = websocket.client.host if websocket.client else "unknown"
-    sockets: SocketCount = state.sockets
+    ip = scope["client"][0] if scope.get("client") else "unknown"
+    sockets: SocketCount = state["sockets"]
     if not sockets.take(ip, settings.sockets_per_ip):
-        await _deny(websocket, 429, "too_many_sockets", "Too many open sockets from this address.")
+        await _deny(
+            scope, send, 429, "too_many_sockets", "Too many open sockets from this address."
+        )
         return
-    metrics: Metrics = state.metrics
+    metrics: Metrics = state["metrics"]
     metrics.waiters.labels("websocket").inc()
     try:
-        await websocket.accept()
-        await _serve(websocket, state.login, state.hub, metrics)
+        await send({"type": "websocket.accept"})
+        await _serve(receive, send, scene_id, state["login"], state["hub"], metrics)
     finally:
         metrics.waiters.labels("websocket").dec()
         sockets.release(ip)
 
 
-async def _serve(websocket: WebSocket, flow: LoginFlow, hub: Hub, metrics: Metrics) -> None:
+async def _serve(
+    receive: Receive, send: Send, scene_id: str, flow: LoginFlow, hub: Hub, metrics: Metrics
+) -> None:
     """Push states until a final one, the client leaves, or it stops reading."""
-    pushing = asyncio.create_task(_push(websocket, flow, hub, metrics))
-    listening = asyncio.create_task(_until_disconnect(websocket))
     try:
-        await asyncio.wait({pushing, listening}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (pushing, listening):
-            task.cancel()
-        await asyncio.gather(pushing, listening, return_exceptions=True)
-    if pushing.done() and not pushing.cancelled() and pushing.exception() is None:
-        code, reason = pushing.result()
-        with suppress(RuntimeError, WebSocketDisconnect, OSError):
-            await websocket.close(code, reason)
+        async with hub.waiter(scene_id) as waiter:
+            listening = asyncio.create_task(_until_disconnect(receive, waiter))
+            try:
+                code, reason = await _push(send, waiter, flow, metrics)
+            finally:
+                listening.cancel()
+            if waiter.stopped:
+                return  # the client left
+    except WxpushError as exc:  # Redis did not confirm the subscription
+        code, reason = TRY_AGAIN, exc.code
+    with suppress(OSError, RuntimeError):
+        await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
-async def _push(
-    websocket: WebSocket, flow: LoginFlow, hub: Hub, metrics: Metrics
-) -> tuple[int, str]:
+async def _push(send: Send, waiter: Waiter, flow: LoginFlow, metrics: Metrics) -> tuple[int, str]:
     """Send every state; returns the close code and reason to end with."""
     try:
-        async with aclosing(watch(flow, hub, websocket.path_params["scene"])) as states:
+        async with aclosing(watch(flow, waiter)) as states:
             async for state, published in states:
-                await websocket.send_json(state)
+                await send({"type": "websocket.send", "text": _compact(state)})
                 if published is not None:
                     metrics.push_latency.observe(max(0.0, time.time() - published))
     except OverflowError:
@@ -113,16 +125,41 @@ async def _push(
     return NORMAL, ""
 
 
-async def _until_disconnect(websocket: WebSocket) -> None:
-    """Read what the client sends (nothing is expected) so that a close is noticed at once."""
-    with suppress(WebSocketDisconnect, RuntimeError):
-        while (await websocket.receive())["type"] != "websocket.disconnect":
+async def _until_disconnect(receive: Receive, waiter: Waiter) -> None:
+    """Read what the client sends (nothing is expected); when it leaves, stop its waiter."""
+    with suppress(OSError, RuntimeError):
+        while (await receive())["type"] != "websocket.disconnect":
             pass
+    waiter.stop()
 
 
-async def _deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
-    response = JSONResponse({"error": code, "message": message}, status_code=status)
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(response)
-    else:
-        await websocket.close(1008)
+def _compact(state: dict[str, Any]) -> str:
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False)
+
+
+def _origin_and_host(scope: Scope) -> tuple[str | None, str | None]:
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in (b"origin", b"host"):
+            found[name] = value.decode("latin-1")
+    return found.get(b"origin"), found.get(b"host")
+
+
+async def no_such_socket(scope: Scope, receive: Receive, send: Send) -> None:
+    """A WebSocket handshake on any other path: 404, in the same JSON as every error."""
+    if (await receive())["type"] == "websocket.connect":
+        await _deny(scope, send, 404, "not_found", "There is no WebSocket at this path.")
+
+
+async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    """Refuse the handshake with a JSON answer (or close 1008 where the server cannot)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": OVERLOADED})
+        return
+    body = json.dumps({"error": code, "message": message}).encode()
+    await send({
+        "type": "websocket.http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    })  # fmt: skip
+    await send({"type": "websocket.http.response.body", "body": body})
