@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import redis
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -78,15 +79,21 @@ class Site:
         assert answer.status_code == 200, answer.text
         return dict(answer.json())
 
-    def scan(self, created: dict[str, Any], openid: str, *, follow: bool = False) -> str:
-        """WeChat tells us ``openid`` scanned the scene's QR code; returns the reply text."""
-        scene_str = self.fake.scene_of(created["qr_url"])
+    def scan_event(
+        self, scene_str: str, openid: str, *, follow: bool = False
+    ) -> tuple[dict[str, str], bytes]:
+        """The signed, encrypted callback WeChat sends when ``openid`` scans ``scene_str``."""
         key = ("qrscene_" + scene_str) if follow else scene_str
         xml = wire.event_xml("subscribe" if follow else "SCAN", key, openid=openid)
         crypto = MessageCrypto(self.fake.appid, AES_KEY)
-        params, body = wire.signed(xml, mode="safe", crypto=crypto, openid=openid)
+        return wire.signed(xml, mode="safe", crypto=crypto, openid=openid)
+
+    def scan(self, created: dict[str, Any], openid: str, *, follow: bool = False) -> str:
+        """WeChat tells us ``openid`` scanned the scene's QR code; returns the reply text."""
+        params, body = self.scan_event(self.fake.scene_of(created["qr_url"]), openid, follow=follow)
         answer = self.client.post("/wechat/default/callback", params=params, content=body)
         assert answer.status_code == 200, answer.text
+        crypto = MessageCrypto(self.fake.appid, AES_KEY)
         if answer.text == "success":
             return "success"
         reply = parse_message(crypto.decrypt(parse_fields(answer.content)["Encrypt"]))
@@ -249,6 +256,33 @@ def test_a_known_person_logs_in_by_a_scan_alone(site: Site) -> None:
     assert state["access_token"] and state["refresh_token"]
     again = site.poll(created["scene"])
     assert again == {"status": "REG", "code": 3, "claimed": True}
+
+
+def test_a_retried_scan_gets_the_same_reply_and_a_pointless_scan_writes_nothing(
+    site: Site, redis_url: str
+) -> None:
+    store = redis.Redis.from_url(redis_url)
+    dedup_keys = lambda: len(store.keys("wxpush:dedup:*"))  # noqa: E731
+    before = dedup_keys()
+    created = site.new_scene()
+    params, body = site.scan_event(site.fake.scene_of(created["qr_url"]), NEW_OPENID)
+    first = site.client.post("/wechat/default/callback", params=params, content=body)
+    retry = site.client.post("/wechat/default/callback", params=params, content=body)
+    assert first.status_code == retry.status_code == 200
+    assert first.content == retry.content and first.content != b"success"
+    assert dedup_keys() == before + 1
+    assert site.poll(created["scene"])["status"] == "NOT_REG"
+    transitions = 'wxpush_scene_transitions_total{status="NOT_REG"} 1.0'
+    assert transitions in site.client.get("/metrics").text
+    # A scan of an unknown scene, or of one already resolved by someone else: answered
+    # "success" with nothing claimed or stored.
+    for scene_str in ("login:" + "A" * 22, site.fake.scene_of(created["qr_url"])):
+        params, body = site.scan_event(scene_str, "oSomeoneElse00000000000000001")
+        answer = site.client.post("/wechat/default/callback", params=params, content=body)
+        assert (answer.status_code, answer.text) == (200, "success")
+    assert dedup_keys() == before + 1
+    assert site.poll(created["scene"])["status"] == "NOT_REG"
+    store.close()
 
 
 def test_fifty_concurrent_polls_of_a_reg_scene_give_tokens_once(site: Site) -> None:

@@ -196,6 +196,11 @@ class People:
             user_id = await _user_id_by_openid(conn, appid, openid)
             return None if user_id is None else await _load_user(conn, user_id)
 
+    async def user_id_of(self, appid: str, openid: str) -> str | None:
+        """Only the id of the user this openid logs in (one indexed read: the scan's path)."""
+        async with self._connect() as conn:
+            return await _user_id_by_openid(conn, appid, openid)
+
     async def register_openid(
         self, appid: str, openid: str, *, login_only: bool = False
     ) -> tuple[User, bool]:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,6 +58,30 @@ class ScanHandler(Protocol):
     """Resolves a login scan; returns the passive reply text, or ``None`` for ``success``."""
 
     async def __call__(self, scan: Scan) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """What must hold in Redis for a scan to have any effect: hash ``key`` has ``field`` =
+    ``value`` (for a login: the scene exists and is still waiting). A scan failing it is
+    answered ``success`` at once, with nothing claimed or written."""
+
+    key: str
+    field: str
+    value: str
+
+
+PreconditionOf = Callable[[Scan], Precondition]
+
+# KEYS[1] the event's de-dup key, KEYS[2] the precondition's hash; ARGV field, value, ttl.
+# Returns {1, stored} for a retry, {0} when the scan can change nothing, {2} when claimed.
+_CLAIM_SCAN = """
+local stored = redis.call('GET', KEYS[1])
+if stored then return {1, stored} end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return {0} end
+redis.call('SET', KEYS[1], 'P', 'EX', ARGV[3])
+return {2}
+"""
 
 
 async def ignore_scan(scan: Scan) -> str | None:
@@ -103,11 +127,16 @@ class CallbackService:
         redis: Redis,
         http: httpx.AsyncClient,
         scan_handler: ScanHandler = ignore_scan,
+        precondition: PreconditionOf | None = None,
     ) -> None:
+        """``precondition`` (optional) tells when a login scan can have an effect; with it, a
+        scan that cannot costs one Redis round trip and writes nothing."""
         self._settings = settings
         self._redis = redis
         self._http = http
         self._scan_handler = scan_handler
+        self._precondition = precondition
+        self._claim_scan = redis.register_script(_CLAIM_SCAN)
         self._cryptos = {
             a.name: MessageCrypto(a.appid, a.aes_key, a.aes_key_previous)
             for a in settings.accounts.values()
@@ -170,7 +199,17 @@ class CallbackService:
         digest = hashlib.sha1(message.dedup_key.encode()).hexdigest()
         key = f"wxpush:dedup:{account.name}:{digest}"
         ttl = self._settings.dedup_seconds
-        if not await self._redis.set(key, _PENDING, nx=True, ex=ttl):
+        scene = _login_scene(message)
+        if scene is not None and self._precondition is not None:
+            assert isinstance(message, SubscribeEvent | ScanEvent)
+            need = self._precondition(Scan(account, message.from_user, scene, message))
+            claim = await self._claim_scan(keys=[key, need.key], args=[need.field, need.value, ttl])
+            if claim[0] == 0:
+                return SUCCESS  # unknown, expired or already resolved: nothing to do
+            claimed = claim[0] == 2
+        else:
+            claimed = bool(await self._redis.set(key, _PENDING, nx=True, ex=ttl))
+        if not claimed:
             logger.info("callback retry de-duplicated (account %s)", account.name)
             return await self._stored_reply(key, inbound)
         try:

@@ -112,8 +112,9 @@ def lifespan(
                 sms=sms, wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
             )  # fmt: skip
             callbacks = CallbackService(
-                settings, redis=redis, http=http, scan_handler=scan_handler or login.on_scan
-            )
+                settings, redis=redis, http=http, scan_handler=scan_handler or login.on_scan,
+                precondition=None if scan_handler else login.scan_precondition,
+            )  # fmt: skip
             hub = Hub(redis, on_reconnect=metrics.hub_reconnects.inc)
             listener = asyncio.create_task(hub.run(), name="wxpush-hub")
             stack.push_async_callback(_stop, listener, hub)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wxpush.accounts import People
-from wxpush.callback import Scan
+from wxpush.callback import Precondition, Scan
 from wxpush.errors import BadRequest, NotFound
 from wxpush.limits import RateLimiter
 from wxpush.metrics import Metrics
@@ -79,6 +79,10 @@ class LoginFlow:
 
     # -- the scan (from the WeChat callback) ------------------------------------------------
 
+    def scan_precondition(self, scan: Scan) -> Precondition:
+        """A scan changes something only while its scene is waiting (``LOOP``)."""
+        return Precondition(self.scenes.key(scan.scene_id), "status", "LOOP")
+
     async def on_scan(self, scan: Scan) -> str | None:
         """Resolve a login scan; returns the passive reply for the person in WeChat."""
         scene = await self.scenes.get(scan.scene_id)
@@ -88,15 +92,16 @@ class LoginFlow:
         if scene.status != "LOOP":
             return None  # a second scan of a resolved scene changes nothing
         appid = scan.account.appid
-        user = await self.people.find_by_openid(appid, scan.openid)
+        user_id = await self.people.user_id_of(appid, scan.openid)
         new = False
-        if user is None and not self.settings.require_phone and not self.settings.login_only:
+        if user_id is None and not self.settings.require_phone and not self.settings.login_only:
             user, new = await self.people.register_openid(appid, scan.openid)
-        if user is None:
+            user_id = user.id
+        if user_id is None:
             if await self.scenes.mark_scanned(scene.id, openid=scan.openid, user_id=None):
                 self.metrics.transitions.labels("NOT_REG").inc()
             return self.settings.reply_finish_on_screen
-        if await self.scenes.mark_scanned(scene.id, openid=scan.openid, user_id=user.id, new=new):
+        if await self.scenes.mark_scanned(scene.id, openid=scan.openid, user_id=user_id, new=new):
             self.metrics.transitions.labels("REG").inc()
         return self.settings.reply_logged_in
 
