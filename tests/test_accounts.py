@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -286,3 +287,35 @@ async def test_postgres_outage_and_recovery(
         assert created and bob.phone == OTHER_PHONE
     finally:
         await engine.dispose()
+
+
+async def test_the_scan_lookup_on_sqlite_sees_every_commit_and_gives_way_to_a_lock(
+    sqlite_url: str,
+) -> None:
+    """``user_id_of`` reads SQLite in place (wxpush.quickread): it must see what another
+    process just committed, and fall back to the async engine when the file is locked."""
+    mine, theirs = open_engine(sqlite_url), open_engine(sqlite_url)  # two processes' engines
+    try:
+        here, there = People(mine), People(theirs)
+        await here.create_schema()
+        assert await here.user_id_of("wxA", "oQuick1") is None
+        user, _ = await there.register_openid("wxA", "oQuick1")
+        assert await here.user_id_of("wxA", "oQuick1") == user.id
+        # An exclusive lock held by another connection: the quick read cannot tell, and the
+        # async engine waits its turn (busy timeout) and answers once the lock is gone.
+        here.close()
+        await mine.dispose()  # pooled connections would keep the lock from being taken
+        await theirs.dispose()
+        locker = sqlite3.connect(mine.url.database or "", isolation_level=None)
+        locker.execute("PRAGMA locking_mode = EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")
+        lookup = asyncio.create_task(here.user_id_of("wxA", "oQuick1"))
+        await asyncio.sleep(0.3)
+        assert not lookup.done()  # waiting on the lock, not answering "nobody"
+        locker.execute("COMMIT")
+        locker.close()
+        assert await asyncio.wait_for(lookup, 10) == user.id
+        here.close()
+    finally:
+        await mine.dispose()
+        await theirs.dispose()

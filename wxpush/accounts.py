@@ -36,6 +36,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     event,
     insert,
     select,
@@ -47,6 +48,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from wxpush.errors import Conflict, Forbidden, Unavailable
+from wxpush.quickread import UNKNOWN, QuickReader
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +169,12 @@ class People:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._quick = QuickReader.for_engine(engine, _OPENID_QUERY)
+
+    def close(self) -> None:
+        """Close the quick reader's own connection (the engine is disposed by its owner)."""
+        if self._quick is not None:
+            self._quick.close()
 
     async def create_schema(self) -> None:
         """Create the tables when missing (idempotent; run on every start-up)."""
@@ -197,7 +205,12 @@ class People:
             return None if user_id is None else await _load_user(conn, user_id)
 
     async def user_id_of(self, appid: str, openid: str) -> str | None:
-        """Only the id of the user this openid logs in (one indexed read: the scan's path)."""
+        """Only the id of the user this openid logs in (one indexed read: the scan's path;
+        on SQLite read in place, see :mod:`wxpush.quickread`)."""
+        if self._quick is not None:
+            found = self._quick.one(provider=PROVIDER, appid=appid, openid=openid)
+            if found is not UNKNOWN:
+                return found  # type: ignore[return-value]
         async with self._connect() as conn:
             return await _user_id_by_openid(conn, appid, openid)
 
@@ -382,13 +395,16 @@ def _identity_row(user_id: str, appid: str, openid: str) -> dict[str, Any]:
     }
 
 
+_OPENID_QUERY = select(identities.c.user_id).where(
+    identities.c.provider == bindparam("provider"),
+    identities.c.appid == bindparam("appid"),
+    identities.c.openid == bindparam("openid"),
+)
+
+
 async def _user_id_by_openid(conn: AsyncConnection, appid: str, openid: str) -> str | None:
-    query = select(identities.c.user_id).where(
-        identities.c.provider == PROVIDER,
-        identities.c.appid == appid,
-        identities.c.openid == openid,
-    )
-    value: str | None = (await conn.execute(query)).scalar_one_or_none()
+    params = {"provider": PROVIDER, "appid": appid, "openid": openid}
+    value: str | None = (await conn.execute(_OPENID_QUERY, params)).scalar_one_or_none()
     return value
 
 

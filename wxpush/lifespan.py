@@ -98,6 +98,7 @@ def lifespan(
                 httpx.AsyncClient(timeout=HTTP_TIMEOUT, event_hooks=metrics.http_hooks())  # type: ignore[arg-type]
             )
             people = People(engine)
+            stack.callback(people.close)
             await people.create_schema()
             wechat = {
                 name: WeChatAPI(

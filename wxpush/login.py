@@ -19,7 +19,7 @@ from wxpush.callback import Precondition, Scan
 from wxpush.errors import BadRequest, NotFound
 from wxpush.limits import RateLimiter
 from wxpush.metrics import Metrics
-from wxpush.scenes import CODES, Scene, SceneStore
+from wxpush.scenes import CODES, Claim, Scene, SceneStore
 from wxpush.settings import Account, Settings
 from wxpush.sms import SmsCodes, normalize_phone
 from wxpush.tokens import TokenService
@@ -57,8 +57,19 @@ class LoginFlow:
         self.metrics.scenes_created.labels(account.name).inc()
         return scene
 
-    async def state(self, scene_id: str) -> dict[str, Any]:
-        """What a waiting browser sees; the first reader of a ``REG`` scene gets the tokens."""
+    async def state(self, scene_id: str, *, heard: str | None = None) -> dict[str, Any]:
+        """What a waiting browser sees; the first reader of a ``REG`` scene gets the tokens.
+
+        ``heard`` is the status a waiter was just told the scene moved to (the scene's own
+        published message, sent by the same script as the move): ``NOT_REG`` is then the
+        state itself, with no read; ``REG`` goes straight to the claim.
+        """
+        if heard == "NOT_REG":
+            return status_body("NOT_REG")
+        if heard == "REG":
+            claim = await self.scenes.claim(scene_id)
+            if claim is not None:
+                return await self._logged_in(claim)
         scene = await self.scenes.get(scene_id)
         if scene is None:
             return status_body("EXPIRED")
@@ -69,6 +80,9 @@ class LoginFlow:
         claim = await self.scenes.claim(scene_id)
         if claim is None:
             return {**status_body("REG"), "claimed": True}
+        return await self._logged_in(claim)
+
+    async def _logged_in(self, claim: Claim) -> dict[str, Any]:
         return {**status_body("REG"), **await self.tokens.issue(claim.user_id, new=claim.new)}
 
     async def qr_url(self, scene_id: str) -> str:
@@ -84,25 +98,31 @@ class LoginFlow:
         return Precondition(self.scenes.key(scan.scene_id), "status", "LOOP")
 
     async def on_scan(self, scan: Scan) -> str | None:
-        """Resolve a login scan; returns the passive reply for the person in WeChat."""
-        scene = await self.scenes.get(scan.scene_id)
-        if scene is None or scene.account != scan.account.name:
-            logger.info("scan of an unknown or expired scene (account %s)", scan.account.name)
-            return None
-        if scene.status != "LOOP":
-            return None  # a second scan of a resolved scene changes nothing
-        appid = scan.account.appid
+        """Resolve a login scan; returns the passive reply for the person in WeChat.
+
+        On the path from WeChat's callback to the browser's frame, so it costs one lookup of
+        the person (in place on SQLite) and one Redis round trip: the transition script
+        itself checks that the scene exists, is this account's and is still waiting.
+        """
+        appid, account = scan.account.appid, scan.account.name
         user_id = await self.people.user_id_of(appid, scan.openid)
         new = False
         if user_id is None and not self.settings.require_phone and not self.settings.login_only:
+            scene = await self.scenes.get(scan.scene_id)  # no one is created for a dead scene
+            if scene is None or scene.account != account or scene.status != "LOOP":
+                return None
             user, new = await self.people.register_openid(appid, scan.openid)
             user_id = user.id
-        if user_id is None:
-            if await self.scenes.mark_scanned(scene.id, openid=scan.openid, user_id=None):
-                self.metrics.transitions.labels("NOT_REG").inc()
+        status = "NOT_REG" if user_id is None else "REG"
+        moved = await self.scenes.mark_scanned(
+            scan.scene_id, account=account, openid=scan.openid, user_id=user_id, new=new
+        )
+        if not moved:  # unknown, expired, another account's, or already resolved
+            logger.info("scan changed nothing (account %s)", account)
+            return None
+        self.metrics.transitions.labels(status).inc()
+        if status == "NOT_REG":
             return self.settings.reply_finish_on_screen
-        if await self.scenes.mark_scanned(scene.id, openid=scan.openid, user_id=user_id, new=new):
-            self.metrics.transitions.labels("REG").inc()
         return self.settings.reply_logged_in
 
     # -- phone binding ----------------------------------------------------------------------

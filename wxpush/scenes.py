@@ -35,11 +35,13 @@ SCENE_PREFIX = "login:"
 RESULT_GRACE = 120  # seconds a REG/NOT_REG scene outlives a QR about to expire
 
 # KEYS[1] scene (its channel has the same name); ARGV: from-status, to-status, ttl-floor,
-# the message to publish, then field/value pairs to set. One round trip moves and tells.
+# the message to publish, the account the scene must belong to ('' = any), then field/value
+# pairs to set. One round trip checks, moves and tells.
 _MOVE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= ARGV[1] then return status or false end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 5))
+local s = redis.call('HMGET', KEYS[1], 'status', 'account')
+if s[1] ~= ARGV[1] then return s[1] or false end
+if ARGV[5] ~= '' and s[2] ~= ARGV[5] then return 'OTHER_ACCOUNT' end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
 if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
@@ -145,21 +147,22 @@ class SceneStore:
             claimed=f.get("claimed") == "1",
         )
 
-    async def mark_scanned(self, scene_id: str, *, openid: str, user_id: str | None,
-                           new: bool = False) -> bool:  # fmt: skip
-        """LOOP → REG (``user_id`` known) or NOT_REG (kept ``openid``). False if not LOOP."""
+    async def mark_scanned(self, scene_id: str, *, account: str, openid: str,
+                           user_id: str | None, new: bool = False) -> bool:  # fmt: skip
+        """LOOP → REG (``user_id`` known) or NOT_REG (kept ``openid``). False unless the
+        scene exists, belongs to ``account`` and is ``LOOP``."""
         if user_id is None:
-            moved = await self._transition(scene_id, "LOOP", "NOT_REG", openid=openid)
-        else:
-            moved = await self._transition(
-                scene_id, "LOOP", "REG", openid=openid, user_id=user_id, new=_flag(new)
-            )
-        return moved
+            return await self._transition(
+                scene_id, "LOOP", "NOT_REG", account, openid=openid
+            )  # fmt: skip
+        return await self._transition(
+            scene_id, "LOOP", "REG", account, openid=openid, user_id=user_id, new=_flag(new)
+        )
 
     async def mark_bound(self, scene_id: str, *, user_id: str, new: bool) -> None:
         """NOT_REG → REG, already claimed: the bind answer carries the tokens itself."""
         moved = await self._transition(
-            scene_id, "NOT_REG", "REG", user_id=user_id, new=_flag(new), claimed="1"
+            scene_id, "NOT_REG", "REG", "", user_id=user_id, new=_flag(new), claimed="1"
         )
         if not moved:
             raise Conflict("This login was already completed.", code="scene_state")
@@ -183,10 +186,12 @@ class SceneStore:
             raise Conflict(f"This login is {scene.status}, not {status}.", code="scene_state")
         return scene
 
-    async def _transition(self, scene_id: str, old: str, to: str, /, **fields: str) -> bool:
+    async def _transition(
+        self, scene_id: str, old: str, to: str, account: str, /, **fields: str
+    ) -> bool:
         # The message is the status and the publish time (for the push-latency metric);
         # never a secret.
-        args: list[str] = [old, to, str(RESULT_GRACE), f"{to} {time.time():.6f}"]
+        args: list[str] = [old, to, str(RESULT_GRACE), f"{to} {time.time():.6f}", account]
         for name, value in fields.items():
             args += [name, value]
         result: bytes | None = await self._move(keys=[_key(scene_id)], args=args)

@@ -19,11 +19,18 @@ from redis.exceptions import RedisError
 from wxpush.errors import Unavailable
 from wxpush.hub import RESYNC, Waiter
 from wxpush.login import LoginFlow
-from wxpush.scenes import FINAL
+from wxpush.scenes import CODES, FINAL
 
 EXPIRY = "EXPIRY"  # the waiter's own timer: "the QR code's time is up, re-read"
 EXPIRY_SLACK = 0.05  # Redis expires keys on its own clock; re-read a moment after
 RETRY_READ = 0.5  # a re-read that failed because Redis is away is tried again this much later
+
+
+def heard(message: str) -> str | None:
+    """The status a scene message announces (``None`` for the waiter's own ``EXPIRY`` and
+    for ``RESYNC``, which say only "look again")."""
+    status = message.partition(" ")[0]
+    return status if status in CODES else None
 
 
 def published_at(message: str) -> float | None:
@@ -57,7 +64,7 @@ async def watch(
         last = state
         while (message := await waiter.next()) is not None:
             try:
-                state = await flow.state(scene_id)
+                state = await flow.state(scene_id, heard=heard(message))
             except (RedisError, OSError, Unavailable):
                 # Redis is restarting (refused, or still loading its data): keep the
                 # browser waiting and look again shortly.
