@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -364,3 +365,23 @@ async def test_embedded_redis_runs_the_lua_scripts(
     finally:
         await embedded.aclose()
     assert fake_wechat.token_fetches == 2
+
+
+@pytest.mark.parametrize("connections", [3, 5])
+async def test_the_redis_pool_holds_at_most_the_configured_connections(
+    redis_url: str, connections: int
+) -> None:
+    """WXPUSH_REDIS_CONNECTIONS bounds a process's connections; busy callers wait their turn."""
+    client = open_redis(redis_url, connections=connections)
+    watcher = open_redis(redis_url)
+    try:
+        # Twice as many blocking commands as connections: all finish, in two waves.
+        await asyncio.gather(*(client.blpop(["wxpush:test:empty"], timeout=0.2)
+                               for _ in range(2 * connections)))  # fmt: skip
+        rows = await watcher.client_list()
+        mine = [r for r in rows if r.get("name") == f"wxpush-{os.getpid()}"]
+        held = len(mine) - 1  # the watcher's own connection has the same name
+        assert held == connections
+    finally:
+        await client.aclose()
+        await watcher.aclose()

@@ -247,7 +247,7 @@ def _pick_account(settings: Settings, name: str | None) -> Account:
 
 @asynccontextmanager
 async def _clients(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    redis = open_redis(settings.redis_url)
+    redis = open_redis(settings.redis_url, connections=settings.redis_connections)
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
     try:
         yield redis, http

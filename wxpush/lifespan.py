@@ -89,7 +89,7 @@ def lifespan(
     async def run(app: Starlette) -> AsyncIterator[State]:
         quiet_secret_loggers()
         async with AsyncExitStack() as stack:
-            redis = open_redis(settings.redis_url)
+            redis = open_redis(settings.redis_url, connections=settings.redis_connections)
             stack.push_async_callback(redis.aclose)
             engine = open_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)

@@ -58,6 +58,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _redis_connections(raw: str) -> int:
+    value = _positive_int(raw)
+    if value < 2:
+        raise ValueError("must be at least 2 (one is the pub/sub connection)")
+    return value
+
+
 def _bool(raw: str) -> bool:
     text = raw.strip().lower()
     if text in {"1", "true", "yes", "on"}:
@@ -153,6 +160,7 @@ class Settings:
     accounts: Mapping[str, Account] = field(default_factory=dict)
     accounts_file: str | None = _setting("WXPUSH_ACCOUNTS_FILE", _str)
     redis_url: str | None = _setting("WXPUSH_REDIS_URL", _redis_url)
+    redis_connections: int = _setting("WXPUSH_REDIS_CONNECTIONS", _redis_connections, 3)
     database_url: str = _setting(
         "WXPUSH_DATABASE_URL", _database_url, "sqlite+aiosqlite:///wxpush.db"
     )

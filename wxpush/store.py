@@ -22,13 +22,15 @@ CONNECT_TIMEOUT = 0.5
 # One connection is the hub's pub/sub; the others carry commands, which redis-py does not
 # multiplex, so requests queue for them (for at most POOL_WAIT s; a refused or dead server
 # still fails fast at connect) instead of each opening a
-# connection of its own: a process with 10,000 waiting browsers still holds 3 connections.
+# connection of its own: a process with 10,000 waiting browsers still holds 3 connections
+# (WXPUSH_REDIS_CONNECTIONS raises that for a process under heavy polling).
 MAX_CONNECTIONS = 3
 POOL_WAIT = 3.0
 
 
-def open_redis(url: str | None) -> Redis:
-    """Return an asyncio Redis client for ``url``, or the embedded store when ``None``."""
+def open_redis(url: str | None, *, connections: int = MAX_CONNECTIONS) -> Redis:
+    """Return an asyncio Redis client for ``url`` holding at most ``connections`` (pub/sub
+    included), or the embedded store when ``url`` is ``None``."""
     if url is None:
         from fakeredis import FakeAsyncRedis  # imported lazily: only the embedded mode needs it
 
@@ -40,7 +42,7 @@ def open_redis(url: str | None) -> Redis:
         return client
     pool = BlockingConnectionPool.from_url(
         url,
-        max_connections=MAX_CONNECTIONS,
+        max_connections=connections,
         timeout=POOL_WAIT,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
