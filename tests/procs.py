@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,3 +73,35 @@ class ServerProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=TIMEOUT)
         self.proc = None
+
+
+@contextlib.contextmanager
+def run_demo(
+    workdir: Path, port: int = 0, *, timeout: float = TIMEOUT * 2, **env_extra: str
+) -> Iterator[str]:
+    """``wxpush demo`` as a user starts it (no WXPUSH_ variables but ``env_extra``), up and
+    answering ``/healthz`` within ``timeout`` s; yields its base URL, stopped by pid after."""
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")} | env_extra
+    log_path = workdir / "demo.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wxpush", "demo", "--port", str(port)],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log_path.read_text(errors="replace")
+        return httpx.get(base + "/healthz", timeout=1).status_code == 200
+
+    try:
+        wait_for(up, timeout=timeout)
+        yield base
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=TIMEOUT * 2)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=TIMEOUT)

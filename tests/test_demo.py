@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -13,39 +9,18 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.util import TIMEOUT, free_port, wait_for
+from tests.procs import run_demo
+from tests.util import TIMEOUT
 
 PHONE = "13900139000"
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
-    log = (tmp_path / "demo.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wxpush", "demo", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _up(proc, base, tmp_path), timeout=TIMEOUT)
+    with run_demo(tmp_path, timeout=TIMEOUT) as base:
         yield base
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=TIMEOUT * 2)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=TIMEOUT)
-        log.close()
     assert (tmp_path / "wxpush-demo.db").is_file()
     assert (tmp_path / "wxpush-demo-jwt.pem").is_file()
-
-
-def _up(proc: subprocess.Popen[bytes], base: str, workdir: Path) -> bool:
-    assert proc.poll() is None, (workdir / "demo.log").read_text(errors="replace")
-    return httpx.get(base + "/healthz", timeout=1).status_code == 200
 
 
 def test_demo_serves_the_page(demo: str, tmp_path: Path) -> None:

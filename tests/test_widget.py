@@ -6,13 +6,9 @@ Screenshots of each widget state go to tests/screenshots/ and are copied to stat
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,7 @@ import httpx
 import pytest
 from playwright import sync_api
 
+from tests.procs import run_demo
 from tests.util import TIMEOUT, free_port, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -62,33 +59,6 @@ RECORD_CLOSES = """
   Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
 })();
 """
-
-
-@contextlib.contextmanager
-def run_demo(workdir: Path, port: int = 0, **env_extra: str) -> Iterator[str]:
-    port = port or free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")} | env_extra
-    log = (workdir / "demo.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wxpush", "demo", "--port", str(port)],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: proc.poll() is None and _healthy(base), timeout=TIMEOUT * 2)
-        yield base
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=TIMEOUT * 2)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=TIMEOUT)
-        log.close()
-
-
-def _healthy(base: str) -> bool:
-    return httpx.get(base + "/healthz", timeout=1).status_code == 200
 
 
 @pytest.fixture(scope="module")

@@ -73,13 +73,14 @@ class Precondition:
 
 PreconditionOf = Callable[[Scan], Precondition]
 
-# KEYS[1] the event's de-dup key, KEYS[2] the precondition's hash; ARGV field, value, ttl.
-# Returns {1, stored} for a retry, {0} when the scan can change nothing, {2} when claimed.
+# KEYS[1] the event's de-dup key, KEYS[2] the precondition's hash; ARGV field, value, ttl,
+# the pending marker. Returns {1, stored} for a retry, {0} when the scan can change nothing,
+# {2} when claimed.
 _CLAIM_SCAN = """
 local stored = redis.call('GET', KEYS[1])
 if stored then return {1, stored} end
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return {0} end
-redis.call('SET', KEYS[1], 'P', 'EX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
 return {2}
 """
 
@@ -200,18 +201,21 @@ class CallbackService:
         key = f"wxpush:dedup:{account.name}:{digest}"
         ttl = self._settings.dedup_seconds
         scene = _login_scene(message)
+        stored: bytes | None = None  # what a retry finds under the key
         if scene is not None and self._precondition is not None:
             assert isinstance(message, SubscribeEvent | ScanEvent)
             need = self._precondition(Scan(account, message.from_user, scene, message))
-            claim = await self._claim_scan(keys=[key, need.key], args=[need.field, need.value, ttl])
+            claim = await self._claim_scan(
+                keys=[key, need.key], args=[need.field, need.value, ttl, _PENDING]
+            )
             if claim[0] == 0:
                 return SUCCESS  # unknown, expired or already resolved: nothing to do
-            claimed = claim[0] == 2
+            claimed, stored = claim[0] == 2, (claim[1] if claim[0] == 1 else None)
         else:
             claimed = bool(await self._redis.set(key, _PENDING, nx=True, ex=ttl))
         if not claimed:
             logger.info("callback retry de-duplicated (account %s)", account.name)
-            return await self._stored_reply(key, inbound)
+            return await self._stored_reply(key, inbound, stored)
         try:
             reply = await self._dispatch(account, message, inbound, encrypted)
         except BaseException:
@@ -220,15 +224,18 @@ class CallbackService:
         await self._redis.set(key, reply.encode(), ex=ttl)
         return reply
 
-    async def _stored_reply(self, key: str, inbound: Inbound) -> Reply:
-        """A retry: wait (within the deadline) for the first delivery's reply and repeat it."""
+    async def _stored_reply(self, key: str, inbound: Inbound, stored: bytes | str | None) -> Reply:
+        """A retry: wait (within the deadline) for the first delivery's reply and repeat it
+        (``stored``: what the claim already read, if it did)."""
         while True:
-            stored = await self._redis.get(key)
+            if stored is None:
+                stored = await self._redis.get(key)
             if isinstance(stored, bytes) and stored[:1] == _DONE:
                 return Reply.decode(stored)
             if stored is None or _remaining(inbound) < 0.1:
                 return SUCCESS
             await asyncio.sleep(0.05)
+            stored = None  # look again
 
     # -- dispatch ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from wxpush.store import MAX_CONNECTIONS
 from wxpush.wechat.crypto import decode_aes_key
 
 DEFAULT_ACCOUNT = "default"
@@ -160,7 +161,9 @@ class Settings:
     accounts: Mapping[str, Account] = field(default_factory=dict)
     accounts_file: str | None = _setting("WXPUSH_ACCOUNTS_FILE", _str)
     redis_url: str | None = _setting("WXPUSH_REDIS_URL", _redis_url)
-    redis_connections: int = _setting("WXPUSH_REDIS_CONNECTIONS", _redis_connections, 3)
+    redis_connections: int = _setting(
+        "WXPUSH_REDIS_CONNECTIONS", _redis_connections, MAX_CONNECTIONS
+    )
     database_url: str = _setting(
         "WXPUSH_DATABASE_URL", _database_url, "sqlite+aiosqlite:///wxpush.db"
     )

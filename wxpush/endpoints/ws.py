@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from wxpush.errors import WxpushError
+from wxpush.errors import WxpushError, error_response
 from wxpush.hub import Hub, Waiter
 from wxpush.login import LoginFlow
 from wxpush.metrics import Metrics
@@ -152,14 +152,11 @@ async def no_such_socket(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
-    """Refuse the handshake with a JSON answer (or close 1008 where the server cannot)."""
+    """Refuse the handshake with the JSON error answer (or close 1008 where the server cannot)."""
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": OVERLOADED})
         return
-    body = json.dumps({"error": code, "message": message}).encode()
-    await send({
-        "type": "websocket.http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    })  # fmt: skip
-    await send({"type": "websocket.http.response.body", "body": body})
+    answer = error_response(status, code, message)
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": answer.raw_headers})  # fmt: skip
+    await send({"type": "websocket.http.response.body", "body": answer.body})
