@@ -22,7 +22,7 @@ from tests.conftest import TIMEOUT, free_port
 from tests.fakewechat import FakeWeChat
 from wxpush.errors import BadGateway, Unavailable, WeChatAPIError
 from wxpush.settings import Account
-from wxpush.store import open_redis
+from wxpush.store import open_redis, open_store
 from wxpush.wechat.api import QRCode, WeChatAPI
 
 fake_wechat = fakewechat.fake_wechat  # the fixture, shared with later tests
@@ -368,20 +368,30 @@ async def test_embedded_redis_runs_the_lua_scripts(
 
 
 @pytest.mark.parametrize("connections", [3, 5])
-async def test_the_redis_pool_holds_at_most_the_configured_connections(
+async def test_a_process_holds_at_most_the_configured_redis_connections(
     redis_url: str, connections: int
 ) -> None:
-    """WXPUSH_REDIS_CONNECTIONS bounds a process's connections; busy callers wait their turn."""
-    client = open_redis(redis_url, connections=connections)
+    """WXPUSH_REDIS_CONNECTIONS bounds a process's connections, the hot path's lane
+    included; busy callers of the pool wait their turn, the lane's never wait."""
+    client, hot = open_store(redis_url, connections=connections)
     watcher = open_redis(redis_url)
     try:
-        # Twice as many blocking commands as connections: all finish, in two waves.
-        await asyncio.gather(*(client.blpop(["wxpush:test:empty"], timeout=0.2)
-                               for _ in range(2 * connections)))  # fmt: skip
+        # Twice as many blocking commands as pooled connections: all finish, in two waves,
+        # while the lane's commands go through beside them.
+        pooled = connections - 1
+        blocking = asyncio.gather(*(client.blpop(["wxpush:test:empty"], timeout=0.2)
+                                    for _ in range(2 * pooled)))  # fmt: skip
+        started = time.monotonic()
+        assert (
+            await asyncio.gather(*(hot.get("wxpush:test:none") for _ in range(50))) == [None] * 50
+        )
+        assert time.monotonic() - started < 0.2
+        await blocking
         rows = await watcher.client_list()
         mine = [r for r in rows if r.get("name") == f"wxpush-{os.getpid()}"]
         held = len(mine) - 1  # the watcher's own connection has the same name
         assert held == connections
     finally:
+        await hot.aclose()  # type: ignore[attr-defined]
         await client.aclose()
         await watcher.aclose()

@@ -74,6 +74,7 @@ def test_values_are_typed() -> None:
         ({"WXPUSH_APPID": ""}, "WXPUSH_APPID"),
         ({"WXPUSH_APPSECRET": ""}, "WXPUSH_APPSECRET"),
         ({"WXPUSH_REDIS_CONNECTIONS": "1"}, "WXPUSH_REDIS_CONNECTIONS"),
+        ({"WXPUSH_REDIS_CONNECTIONS": "2"}, "WXPUSH_REDIS_CONNECTIONS"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> None:

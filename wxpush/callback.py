@@ -16,14 +16,15 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import httpx
 from redis.asyncio import Redis
 
 from wxpush.errors import BadRequest
+from wxpush.lane import HotCommands
 from wxpush.settings import Account, Settings
 from wxpush.wechat import replies, signature
 from wxpush.wechat.crypto import MessageCrypto
@@ -61,28 +62,38 @@ class ScanHandler(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Precondition:
-    """What must hold in Redis for a scan to have any effect: hash ``key`` has ``field`` =
-    ``value`` (for a login: the scene exists and is still waiting). A scan failing it is
-    answered ``success`` at once, with nothing claimed or written."""
+class Once:
+    """An event's de-dup key, for a handler that claims it in the same Redis script as its
+    own change: the first delivery takes it (holding ``marker`` until its reply is stored),
+    a retry finds it taken."""
 
     key: str
-    field: str
-    value: str
+    ttl: int
+    marker: bytes = _PENDING
 
 
-PreconditionOf = Callable[[Scan], Precondition]
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The scan changed something and claimed its key; ``text`` is the passive reply
+    (``None`` for ``success``)."""
 
-# KEYS[1] the event's de-dup key, KEYS[2] the precondition's hash; ARGV field, value, ttl,
-# the pending marker. Returns {1, stored} for a retry, {0} when the scan can change nothing,
-# {2} when claimed.
-_CLAIM_SCAN = """
-local stored = redis.call('GET', KEYS[1])
-if stored then return {1, stored} end
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return {0} end
-redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
-return {2}
-"""
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """The key was taken: a retry of an event already handled. ``stored`` is what the key
+    holds (the first delivery's reply, or its marker while that is still being made)."""
+
+    stored: bytes
+
+
+class OnceScanHandler(Protocol):
+    """Resolves a login scan and claims its :class:`Once` key atomically with the change, so
+    that a scan costs one Redis round trip. Returns ``None`` when the scan could change
+    nothing (an unknown, expired or resolved scene): nothing is claimed or stored."""
+
+    async def __call__(self, scan: Scan, once: Once) -> Claimed | Retried | None: ...
 
 
 async def ignore_scan(scan: Scan) -> str | None:
@@ -127,17 +138,19 @@ class CallbackService:
         *,
         redis: Redis,
         http: httpx.AsyncClient,
+        hot: HotCommands | None = None,
         scan_handler: ScanHandler = ignore_scan,
-        precondition: PreconditionOf | None = None,
+        once_handler: OnceScanHandler | None = None,
     ) -> None:
-        """``precondition`` (optional) tells when a login scan can have an effect; with it, a
-        scan that cannot costs one Redis round trip and writes nothing."""
+        """Login scans go to ``once_handler`` when given (the login flow: it claims the
+        de-dup key itself), else to ``scan_handler`` after a claim of our own. ``hot``
+        (default ``redis``) carries the stored replies."""
         self._settings = settings
         self._redis = redis
+        self._hot: HotCommands = hot or cast(HotCommands, redis)
         self._http = http
         self._scan_handler = scan_handler
-        self._precondition = precondition
-        self._claim_scan = redis.register_script(_CLAIM_SCAN)
+        self._once_handler = once_handler
         self._cryptos = {
             a.name: MessageCrypto(a.appid, a.aes_key, a.aes_key_previous)
             for a in settings.accounts.values()
@@ -177,8 +190,13 @@ class CallbackService:
         signature.verify(msg_sig, account.token, ts, nonce, encrypt, window=window)
         return parse_message(crypto.decrypt(encrypt)), True
 
-    def _text_reply(self, account: Account, message: Message, text: str, encrypted: bool) -> Reply:
-        """A passive text reply, in the mode the callback came in (replies use the current key)."""
+    def _scan_reply(
+        self, account: Account, message: Message, text: str | None, encrypted: bool
+    ) -> Reply:
+        """A passive text reply, in the mode the callback came in (replies use the current
+        key); ``success`` without ``text``."""
+        if text is None:
+            return SUCCESS
         body = replies.text_reply(message.from_user, message.to_user, text)
         if encrypted:
             body = replies.encrypted_envelope(
@@ -195,41 +213,40 @@ class CallbackService:
     async def _once(
         self, account: Account, message: Message, inbound: Inbound, encrypted: bool
     ) -> Reply:
-        if _login_scene(message) is None and self._settings.forward_url is None:
+        scene = _login_scene(message)
+        if scene is None and self._settings.forward_url is None:
             return SUCCESS  # no side effect and always the same answer: nothing to remember
         digest = hashlib.sha1(message.dedup_key.encode()).hexdigest()
-        key = f"wxpush:dedup:{account.name}:{digest}"
-        ttl = self._settings.dedup_seconds
-        scene = _login_scene(message)
-        stored: bytes | None = None  # what a retry finds under the key
-        if scene is not None and self._precondition is not None:
+        once = Once(f"wxpush:dedup:{account.name}:{digest}", self._settings.dedup_seconds)
+        if scene is not None and self._once_handler is not None:
             assert isinstance(message, SubscribeEvent | ScanEvent)
-            need = self._precondition(Scan(account, message.from_user, scene, message))
-            claim = await self._claim_scan(
-                keys=[key, need.key], args=[need.field, need.value, ttl, _PENDING]
-            )
-            if claim[0] == 0:
+            scan = Scan(account, message.from_user, scene, message)
+            outcome = await self._once_handler(scan, once)
+            if outcome is None:
                 return SUCCESS  # unknown, expired or already resolved: nothing to do
-            claimed, stored = claim[0] == 2, (claim[1] if claim[0] == 1 else None)
+            if isinstance(outcome, Retried):
+                return await self._retry(account, once.key, inbound, outcome.stored)
+            reply = self._scan_reply(account, message, outcome.text, encrypted)
         else:
-            claimed = bool(await self._redis.set(key, _PENDING, nx=True, ex=ttl))
-        if not claimed:
-            logger.info("callback retry de-duplicated (account %s)", account.name)
-            return await self._stored_reply(key, inbound, stored)
-        try:
-            reply = await self._dispatch(account, message, inbound, encrypted)
-        except BaseException:
-            await self._redis.delete(key)  # let WeChat's retry try again
-            raise
-        await self._redis.set(key, reply.encode(), ex=ttl)
+            if not await self._redis.set(once.key, _PENDING, nx=True, ex=once.ttl):
+                return await self._retry(account, once.key, inbound, None)
+            try:
+                reply = await self._dispatch(account, message, inbound, encrypted)
+            except BaseException:
+                await self._redis.delete(once.key)  # let WeChat's retry try again
+                raise
+        await self._hot.set(once.key, reply.encode(), ex=once.ttl)
         return reply
 
-    async def _stored_reply(self, key: str, inbound: Inbound, stored: bytes | str | None) -> Reply:
+    async def _retry(
+        self, account: Account, key: str, inbound: Inbound, stored: bytes | None
+    ) -> Reply:
         """A retry: wait (within the deadline) for the first delivery's reply and repeat it
         (``stored``: what the claim already read, if it did)."""
+        logger.info("callback retry de-duplicated (account %s)", account.name)
         while True:
             if stored is None:
-                stored = await self._redis.get(key)
+                stored = await self._hot.get(key)
             if isinstance(stored, bytes) and stored[:1] == _DONE:
                 return Reply.decode(stored)
             if stored is None or _remaining(inbound) < 0.1:
@@ -245,11 +262,8 @@ class CallbackService:
         scene = _login_scene(message)
         if scene is not None:
             assert isinstance(message, SubscribeEvent | ScanEvent)
-            scan = Scan(account, message.from_user, scene, message)
-            text = await self._scan_handler(scan)
-            if text is None:
-                return SUCCESS
-            return self._text_reply(account, message, text, encrypted)
+            text = await self._scan_handler(Scan(account, message.from_user, scene, message))
+            return self._scan_reply(account, message, text, encrypted)
         return await self._forward(inbound)
 
     async def _forward(self, inbound: Inbound) -> Reply:

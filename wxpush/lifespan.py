@@ -18,16 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from wxpush.accounts import People, open_engine
-from wxpush.callback import CallbackService, ScanHandler
+from wxpush.callback import CallbackService, ScanHandler, ignore_scan
 from wxpush.endpoints.ws import SocketCount
 from wxpush.hub import Hub
+from wxpush.lane import Lane
 from wxpush.limits import RateLimiter
 from wxpush.login import LoginFlow
 from wxpush.metrics import Metrics
 from wxpush.scenes import SceneStore
 from wxpush.settings import Settings
 from wxpush.sms import SmsCodes, make_provider
-from wxpush.store import open_redis
+from wxpush.store import open_store
 from wxpush.tokens import TokenService
 from wxpush.wechat.api import WeChatAPI
 
@@ -89,8 +90,10 @@ def lifespan(
     async def run(app: Starlette) -> AsyncIterator[State]:
         quiet_secret_loggers()
         async with AsyncExitStack() as stack:
-            redis = open_redis(settings.redis_url, connections=settings.redis_connections)
+            redis, hot = open_store(settings.redis_url, connections=settings.redis_connections)
             stack.push_async_callback(redis.aclose)
+            if isinstance(hot, Lane):
+                stack.push_async_callback(hot.aclose)
             engine = open_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=HTTP_TIMEOUT))
@@ -109,12 +112,12 @@ def lifespan(
             tokens = TokenService(settings, redis)
             sms = SmsCodes(settings, redis, make_provider(settings, http=http, redis=redis))
             login = LoginFlow(
-                settings=settings, scenes=SceneStore(redis), people=people, tokens=tokens,
+                settings=settings, scenes=SceneStore(redis, hot), people=people, tokens=tokens,
                 sms=sms, wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
             )  # fmt: skip
             callbacks = CallbackService(
-                settings, redis=redis, http=http, scan_handler=scan_handler or login.on_scan,
-                precondition=None if scan_handler else login.scan_precondition,
+                settings, redis=redis, hot=hot, http=http, scan_handler=scan_handler or ignore_scan,
+                once_handler=None if scan_handler else login.on_scan,
             )  # fmt: skip
             hub = Hub(redis, on_reconnect=metrics.hub_reconnects.inc)
             listener = asyncio.create_task(hub.run(), name="wxpush-hub")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wxpush.accounts import People
-from wxpush.callback import Precondition, Scan
+from wxpush.callback import Claimed, Once, Retried, Scan
 from wxpush.errors import BadRequest, NotFound
 from wxpush.limits import RateLimiter
 from wxpush.metrics import Metrics
@@ -93,16 +93,13 @@ class LoginFlow:
 
     # -- the scan (from the WeChat callback) ------------------------------------------------
 
-    def scan_precondition(self, scan: Scan) -> Precondition:
-        """A scan changes something only while its scene is waiting (``LOOP``)."""
-        return Precondition(self.scenes.key(scan.scene_id), "status", "LOOP")
-
-    async def on_scan(self, scan: Scan) -> str | None:
-        """Resolve a login scan; returns the passive reply for the person in WeChat.
+    async def on_scan(self, scan: Scan, once: Once) -> Claimed | Retried | None:
+        """Resolve a login scan; answers the passive reply for the person in WeChat.
 
         On the path from WeChat's callback to the browser's frame, so it costs one lookup of
         the person (in place on SQLite) and one Redis round trip: the transition script
-        itself checks that the scene exists, is this account's and is still waiting.
+        itself checks that the event is not a retry (claiming ``once``) and that the scene
+        exists, is this account's and is still waiting.
         """
         appid, account = scan.account.appid, scan.account.name
         user_id = await self.people.user_id_of(appid, scan.openid)
@@ -115,15 +112,18 @@ class LoginFlow:
             user_id = user.id
         status = "NOT_REG" if user_id is None else "REG"
         moved = await self.scenes.mark_scanned(
-            scan.scene_id, account=account, openid=scan.openid, user_id=user_id, new=new
-        )
+            scan.scene_id, account=account, openid=scan.openid, user_id=user_id, new=new,
+            once=once,
+        )  # fmt: skip
+        if isinstance(moved, Retried):
+            return moved
         if not moved:  # unknown, expired, another account's, or already resolved
             logger.info("scan changed nothing (account %s)", account)
             return None
         self.metrics.transitions.labels(status).inc()
         if status == "NOT_REG":
-            return self.settings.reply_finish_on_screen
-        return self.settings.reply_logged_in
+            return Claimed(self.settings.reply_finish_on_screen)
+        return Claimed(self.settings.reply_logged_in)
 
     # -- phone binding ----------------------------------------------------------------------
 

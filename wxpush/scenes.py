@@ -24,7 +24,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from wxpush.callback import Once, Retried
 from wxpush.errors import Conflict, Gone, NotFound
+from wxpush.lane import HotCommands
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +36,27 @@ FINAL = frozenset({"REG", "EXPIRED"})
 SCENE_PREFIX = "login:"
 RESULT_GRACE = 120  # seconds a REG/NOT_REG scene outlives a QR about to expire
 
-# KEYS[1] scene (its channel has the same name); ARGV: from-status, to-status, ttl-floor,
-# the message to publish, the account the scene must belong to ('' = any), then field/value
-# pairs to set. One round trip checks, moves and tells.
+# KEYS[1] scene (its channel has the same name); KEYS[2], when given, the de-dup key of the
+# callback that brings the change: if it is taken this is WeChat's retry, which changes
+# nothing and gets what the key holds; the move takes it. ARGV: from-status, to-status,
+# ttl-floor, the message to publish, the account the scene must belong to ('' = any), the
+# de-dup key's ttl and marker ('' without KEYS[2]), then field/value pairs to set. One round
+# trip checks, moves and tells.
 _MOVE = """
+local once = KEYS[2]
+if once then
+  local stored = redis.call('GET', once)
+  if stored then return {'RETRY', stored} end
+end
 local s = redis.call('HMGET', KEYS[1], 'status', 'account')
 if s[1] ~= ARGV[1] then return s[1] or false end
 if ARGV[5] ~= '' and s[2] ~= ARGV[5] then return 'OTHER_ACCOUNT' end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 8))
 if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[4])
+if once then redis.call('SET', once, ARGV[7], 'EX', ARGV[6]) end
 return 'OK'
 """
 
@@ -101,13 +112,17 @@ QRMaker = Callable[[str, int], Awaitable[str]]  # (scene_str, expire_seconds) ->
 
 
 class SceneStore:
-    """Scenes in Redis. ``redis`` is a ``redis.asyncio.Redis`` (or the embedded store)."""
+    """Scenes in Redis. ``redis`` is a ``redis.asyncio.Redis`` (or the embedded store);
+    ``hot`` (default ``redis``) carries the reads and moves on the path of a login."""
 
-    def __init__(self, redis: Any, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, redis: Any, hot: HotCommands | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._redis = redis
+        self._hot: HotCommands = hot or redis
         self._clock = clock
-        self._move = redis.register_script(_MOVE)
-        self._claim = redis.register_script(_CLAIM)
+        self._move = self._hot.register_script(_MOVE)
+        self._claim = self._hot.register_script(_CLAIM)
 
     @staticmethod
     def key(scene_id: str) -> str:
@@ -131,7 +146,7 @@ class SceneStore:
         """The scene, or ``None`` when unknown or expired."""
         if not _plausible(scene_id):
             return None
-        raw = await self._redis.hgetall(_key(scene_id))
+        raw = await self._hot.hgetall(_key(scene_id))
         if not raw:
             return None
         f = {k.decode(): v.decode() for k, v in raw.items()}
@@ -148,22 +163,22 @@ class SceneStore:
         )
 
     async def mark_scanned(self, scene_id: str, *, account: str, openid: str,
-                           user_id: str | None, new: bool = False) -> bool:  # fmt: skip
+                           user_id: str | None, new: bool = False,
+                           once: Once | None = None) -> bool | Retried:  # fmt: skip
         """LOOP → REG (``user_id`` known) or NOT_REG (kept ``openid``). False unless the
-        scene exists, belongs to ``account`` and is ``LOOP``."""
+        scene exists, belongs to ``account`` and is ``LOOP``. With ``once`` (the callback's
+        de-dup key) the move also claims it, in the same script; :class:`Retried` when it
+        was claimed already (a retry of the event: nothing moves)."""
         if user_id is None:
-            return await self._transition(
-                scene_id, "LOOP", "NOT_REG", account, openid=openid
-            )  # fmt: skip
-        return await self._transition(
-            scene_id, "LOOP", "REG", account, openid=openid, user_id=user_id, new=_flag(new)
-        )
+            fields = {"openid": openid}
+            return await self._transition(scene_id, "LOOP", "NOT_REG", account, fields, once)
+        fields = {"openid": openid, "user_id": user_id, "new": _flag(new)}
+        return await self._transition(scene_id, "LOOP", "REG", account, fields, once)
 
     async def mark_bound(self, scene_id: str, *, user_id: str, new: bool) -> None:
         """NOT_REG → REG, already claimed: the bind answer carries the tokens itself."""
-        moved = await self._transition(
-            scene_id, "NOT_REG", "REG", "", user_id=user_id, new=_flag(new), claimed="1"
-        )
+        fields = {"user_id": user_id, "new": _flag(new), "claimed": "1"}
+        moved = await self._transition(scene_id, "NOT_REG", "REG", "", fields)
         if not moved:
             raise Conflict("This login was already completed.", code="scene_state")
 
@@ -187,14 +202,20 @@ class SceneStore:
         return scene
 
     async def _transition(
-        self, scene_id: str, old: str, to: str, account: str, /, **fields: str
-    ) -> bool:
+        self, scene_id: str, old: str, to: str, account: str, fields: dict[str, str],
+        once: Once | None = None,
+    ) -> bool | Retried:  # fmt: skip
         # The message is the status and the publish time (for the push-latency metric);
         # never a secret.
-        args: list[str] = [old, to, str(RESULT_GRACE), f"{to} {time.time():.6f}", account]
+        message = f"{to} {time.time():.6f}"
+        keys = [_key(scene_id)] if once is None else [_key(scene_id), once.key]
+        args: list[str | bytes | int] = [old, to, RESULT_GRACE, message, account]
+        args += ["", ""] if once is None else [once.ttl, once.marker]
         for name, value in fields.items():
             args += [name, value]
-        result: bytes | None = await self._move(keys=[_key(scene_id)], args=args)
+        result: bytes | list[bytes] | None = await self._move(keys=keys, args=args)
+        if isinstance(result, list):
+            return Retried(result[1])
         return result == b"OK"
 
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from wxpush.store import MAX_CONNECTIONS
+from wxpush.store import MAX_CONNECTIONS, MIN_CONNECTIONS
 from wxpush.wechat.crypto import decode_aes_key
 
 DEFAULT_ACCOUNT = "default"
@@ -61,8 +61,11 @@ def _positive_int(raw: str) -> int:
 
 def _redis_connections(raw: str) -> int:
     value = _positive_int(raw)
-    if value < 2:
-        raise ValueError("must be at least 2 (one is the pub/sub connection)")
+    if value < MIN_CONNECTIONS:
+        raise ValueError(
+            f"must be at least {MIN_CONNECTIONS} (the pub/sub connection, the pipelined one "
+            "for the login path, and at least one for the rest)"
+        )
     return value
 
 

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from wxpush.lane import HotCommands, Lane
 
 logger = logging.getLogger(__name__)
 
 # Fail fast: a request must get a 503 within a second when Redis is away, never hang.
 SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 0.5
-# One connection is the hub's pub/sub; the others carry commands, which redis-py does not
-# multiplex, so requests queue for them (for at most POOL_WAIT s; a refused or dead server
-# still fails fast at connect) instead of each opening a
-# connection of its own: a process with 10,000 waiting browsers still holds 3 connections
-# (WXPUSH_REDIS_CONNECTIONS raises that for a process under heavy polling).
+# A server process holds MAX_CONNECTIONS (WXPUSH_REDIS_CONNECTIONS) in all: the hub's pub/sub,
+# the hot path's pipelined lane (wxpush.lane), and the rest in redis-py's pool. The pool does
+# not multiplex, so its callers queue for a connection (for at most POOL_WAIT s; a refused or
+# dead server still fails fast at connect) instead of each opening one of their own: a
+# process with 10,000 waiting browsers still holds 3 connections.
 MAX_CONNECTIONS = 3
+MIN_CONNECTIONS = 3  # pub/sub, lane, and one pooled for everything else
 POOL_WAIT = 3.0
 
 
@@ -54,3 +58,14 @@ def open_redis(url: str | None, *, connections: int = MAX_CONNECTIONS) -> Redis:
         client_name=f"wxpush-{os.getpid()}",  # CLIENT LIST tells each process's connections
     )
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def open_store(url: str | None, *, connections: int = MAX_CONNECTIONS) -> tuple[Redis, HotCommands]:
+    """A server's Redis: the client (pool and pub/sub) and the hot path's commands, holding
+    ``connections`` in all. With the embedded store, or a URL the lane does not serve (TLS),
+    the client serves the hot path too."""
+    if url is None or not Lane.serves(url):
+        client = open_redis(url, connections=connections)
+        return client, cast(HotCommands, client)  # the same calls, with more options
+    client = open_redis(url, connections=connections - 1)
+    return client, Lane(client, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
