@@ -70,7 +70,15 @@ class LoginFlow:
             claim = await self.scenes.claim(scene_id)
             if claim is not None:
                 return await self._logged_in(claim)
+        return await self._state_of(scene_id, await self.scenes.get(scene_id))
+
+    async def first_state(self, scene_id: str) -> tuple[dict[str, Any], float]:
+        """:meth:`state` for a waiter that has just subscribed, with the time its QR code
+        expires (for its expiry timer), from one read of the scene."""
         scene = await self.scenes.get(scene_id)
+        return await self._state_of(scene_id, scene), (scene.expires_at if scene else 0.0)
+
+    async def _state_of(self, scene_id: str, scene: Scene | None) -> dict[str, Any]:
         if scene is None:
             return status_body("EXPIRED")
         if scene.status == "LOOP":

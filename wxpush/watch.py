@@ -55,11 +55,11 @@ async def watch(
         OverflowError: the consumer fell too far behind (its queue overflowed).
     """
     scene_id = waiter.scene_id
-    state = await flow.state(scene_id)
+    state, expires_at = await flow.first_state(scene_id)
     yield state, None
     if state["status"] in FINAL:
         return
-    timer = await _arm_expiry(flow, waiter)
+    timer = _call_later(max(0.0, expires_at - time.time()) + EXPIRY_SLACK, waiter)
     try:
         last = state
         while (message := await waiter.next()) is not None:
@@ -81,12 +81,6 @@ async def watch(
                 return
     finally:
         timer.cancel()
-
-
-async def _arm_expiry(flow: LoginFlow, waiter: Waiter) -> asyncio.TimerHandle:
-    scene = await flow.scenes.get(waiter.scene_id)
-    delay = (scene.expires_at - time.time()) if scene else 0.0
-    return _call_later(max(0.0, delay) + EXPIRY_SLACK, waiter)
 
 
 def _call_later(delay: float, waiter: Waiter, message: str = EXPIRY) -> asyncio.TimerHandle:
