@@ -1,12 +1,12 @@
 """One pipelined Redis connection for the commands on the login's hot path.
 
 redis-py sends each command on a connection taken from its pool and keeps that connection
-until the reply is in, so concurrent commands either queue for a connection or each need one
-of their own. On this path (a scan's transition script, a waiter's read of its scene, the
-callback's stored reply) that costs more than Redis itself: a pool checkout with its condition
-lock and timeout, redis-py's retry and observability layers, ≈ 25–90 µs of CPU and, after the
-few milliseconds of idleness between two scans, 0.4–0.5 ms of wall time per command against
-≈ 0.1 ms for the bare round trip (measured side by side; bench/README.md).
+until the reply is in, so concurrent commands either queue for a connection or each need
+one of their own. On this path (a scan's transition script, a waiter's read of its scene,
+the callback's stored reply) that costs more than Redis itself: a pool checkout with its
+condition lock and timeout, redis-py's retry and observability layers. Side by side
+(``bench/redis_hop.py``): ≈ 70 µs of CPU per command against ≈ 7 µs here, and after the few
+milliseconds of idleness between two scans ≈ 0.3 ms more wall time per command.
 
 A :class:`Lane` writes every command at once on one connection and matches the replies to
 their callers in order (Redis answers a connection's commands in the order it sent them), so
@@ -17,7 +17,8 @@ Faults: a lost connection fails the commands in flight with redis-py's ``Connect
 (a 503 to the caller, as from the pool), and the next command connects again; a command
 without its reply after :data:`wxpush.store.SOCKET_TIMEOUT` fails with ``TimeoutError`` and
 drops the connection, since the server is stuck or gone. Nothing is retried: a script that
-may have run is never run twice.
+may have run is never run twice (a ``NOSCRIPT`` answer means it did not run: the script
+is loaded and sent again).
 
 The embedded store (fakeredis) has no lane; there the redis-py client serves the same calls
 (:class:`HotCommands` is what both offer).
