@@ -62,3 +62,10 @@ def test_serve_refuses_a_ping_interval_over_50_seconds(tmp_path: Path) -> None:
     done = wxpush("serve", "--ws-ping-interval", "60", cwd=tmp_path)
     assert done.returncode == 2
     assert "--ws-ping-interval: '60': give seconds, more than 0 and at most 50" in done.stderr
+
+
+def test_serve_refuses_a_keep_alive_out_of_range(tmp_path: Path) -> None:
+    for bad in ("0", "3601", "ten"):
+        done = wxpush("serve", "--keep-alive", bad, cwd=tmp_path)
+        assert done.returncode == 2
+        assert f"--keep-alive: '{bad}': give whole seconds, from 1 to 3600" in done.stderr

@@ -439,3 +439,25 @@ def test_shutdown_closes_sockets_with_1012(cluster: Cluster) -> None:
             assert ws.close_code == 1012
 
     run(go())
+
+
+def test_idle_keep_alive_connections_outlive_a_proxys_reuse(cluster: Cluster) -> None:
+    """An idle HTTP connection stays open past uvicorn's own 5 s (proxies reuse theirs for
+    60 s); ``--keep-alive`` sets how long."""
+    default, short = cluster.start_server(), cluster.start_server("--keep-alive", "1")
+    request = b"GET /healthz HTTP/1.1\r\nHost: wxpush\r\n\r\n"
+    conns = [
+        socket.create_connection(("127.0.0.1", s.port), timeout=TIMEOUT) for s in (default, short)
+    ]
+    try:
+        for conn in conns:
+            conn.sendall(request)
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # the idleness itself is what is tested: longer than uvicorn's default
+        kept, closed = conns
+        kept.sendall(request)
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        assert closed.recv(4096) == b""  # the server closed it after 1 s
+    finally:
+        for conn in conns:
+            conn.close()

@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"ping every WebSocket this often (default {PING_INTERVAL:g}; keep it under the "
         "60 s idle timeout of common proxies)",
     )  # fmt: skip
+    serve.add_argument(
+        "--keep-alive", type=_keep_alive, default=KEEP_ALIVE, metavar="SECONDS",
+        help=f"keep an idle HTTP connection this long (default {KEEP_ALIVE}; keep it above "
+        "the idle timeout of the proxy or load balancer in front)",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="everything on this machine, no WeChat account needed")
@@ -77,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
 
 PING_INTERVAL = 45.0
 MAX_PING_INTERVAL = 50.0  # every socket is pinged at least this often
+# Seconds an idle keep-alive HTTP connection stays open. uvicorn's default is 5; a reverse
+# proxy or load balancer keeps its idle upstream connections for 60 s, and one that reuses a
+# connection just as the server closes it gets a reset (a 502 for its client). Above the
+# proxy's timeout, the proxy is always the side that closes.
+KEEP_ALIVE = 75
+MAX_KEEP_ALIVE = 3600
 
 
 def websocket_options(ping_interval: float = PING_INTERVAL) -> dict[str, Any]:
@@ -102,6 +113,13 @@ def _ping_interval(raw: str) -> float:
     return seconds
 
 
+def _keep_alive(raw: str) -> int:
+    seconds = int(raw) if raw.strip().isdigit() else 0
+    if not 1 <= seconds <= MAX_KEEP_ALIVE:
+        raise argparse.ArgumentTypeError(f"{raw!r}: give whole seconds, from 1 to {MAX_KEEP_ALIVE}")
+    return seconds
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -119,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         server_header=False,
+        timeout_keep_alive=args.keep_alive,
         **websocket_options(args.ws_ping_interval),
     )
     return 0
@@ -136,7 +155,7 @@ def _demo(args: argparse.Namespace) -> int:
               f"LAN address>:{args.port} so the QR code points at it", flush=True)  # fmt: skip
     uvicorn.run(
         app, host=args.host, port=args.port, log_level="warning", server_header=False,
-        **websocket_options(),
+        timeout_keep_alive=KEEP_ALIVE, **websocket_options(),
     )  # fmt: skip
     return 0
 
