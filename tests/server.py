@@ -14,10 +14,11 @@ from tests.util import TIMEOUT, wait_for
 
 
 @contextmanager
-def serve(app: Any, **config: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (port 0) and yield its base URL; stop it on exit."""
+def serve(app: Any, port: int = 0, **config: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (on ``port``, or any free one) and yield its base URL; stop
+    it on exit. An app that must know its own URL before it starts is given a ``port``."""
     cfg = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **config
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
     )
     server = uvicorn.Server(cfg)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)

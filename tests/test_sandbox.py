@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.util import TIMEOUT, free_port, wait_for
+from tests.server import serve
+from tests.util import TIMEOUT, free_port
 from tests.wire import new_aes_key
 from wxpush.app import create_app
 from wxpush.settings import Settings
@@ -42,26 +40,11 @@ def _settings(
     )
 
 
-def _serve(settings: Settings, port: int) -> Iterator[str]:
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive())
-        assert server.started, "server failed to start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT * 2)
-
-
 @pytest.fixture
 def base(tmp_path: Path, redis_url: str) -> Iterator[str]:
     port = free_port()
-    yield from _serve(_settings(port, tmp_path, redis_url), port)
+    with serve(create_app(_settings(port, tmp_path, redis_url)), port) as url:
+        yield url
 
 
 @pytest.fixture
@@ -217,7 +200,7 @@ def test_phone_page_and_sms_bad_input(client: httpx.Client) -> None:
 
 def test_sandbox_absent_unless_enabled(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
-    for base in _serve(_settings(port, tmp_path, redis_url, sandbox=False), port):
+    with serve(create_app(_settings(port, tmp_path, redis_url, sandbox=False)), port) as base:
         for path in ("/sandbox/phone?ticket=x", "/sandbox/cgi-bin/token", "/sandbox/phone/sms"):
             answer = httpx.get(base + path, timeout=TIMEOUT)
             assert answer.status_code == 404, path
@@ -228,11 +211,11 @@ def test_sandbox_absent_unless_enabled(tmp_path: Path, redis_url: str) -> None:
 def test_plaintext_account(tmp_path: Path, redis_url: str) -> None:
     """Without an EncodingAESKey the sandbox sends plaintext events and reads plain replies."""
     port = free_port()
-    for base in _serve(_settings(port, tmp_path, redis_url, aes=False), port):
-        with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
-            scene, ticket = _scene(client)
-            assert _phone(client, ticket, "oPlain01", follow=False)["reply"]
-            assert client.get(f"/api/v1/scenes/{scene}").json()["status"] == "NOT_REG"
+    app = create_app(_settings(port, tmp_path, redis_url, aes=False))
+    with serve(app, port) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        scene, ticket = _scene(client)
+        assert _phone(client, ticket, "oPlain01", follow=False)["reply"]
+        assert client.get(f"/api/v1/scenes/{scene}").json()["status"] == "NOT_REG"
 
 
 def test_home_and_static(client: httpx.Client) -> None:
