@@ -3,10 +3,11 @@
 redis-py sends each command on a connection taken from its pool and keeps that connection
 until the reply is in, so concurrent commands either queue for a connection or each need
 one of their own. On this path (a scan's transition script, a waiter's read of its scene,
-the callback's stored reply) that costs more than Redis itself: a pool checkout with its
-condition lock and timeout, redis-py's retry and observability layers. Side by side
-(``bench/redis_hop.py``): ≈ 70 µs of CPU per command against ≈ 7 µs here, and after the few
-milliseconds of idleness between two scans ≈ 0.3 ms more wall time per command.
+a login's first refresh token, the callback's stored reply) that costs more than Redis
+itself: a pool checkout with its condition lock and timeout, redis-py's retry and
+observability layers. Side by side (``bench/redis_hop.py``): ≈ 70 µs of CPU per command
+against ≈ 7 µs here, and after the few milliseconds of idleness between two scans ≈ 0.3 ms
+more wall time per command.
 
 A :class:`Lane` writes every command at once on one connection and matches the replies to
 their callers in order (Redis answers a connection's commands in the order it sent them), so

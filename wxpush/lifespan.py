@@ -109,7 +109,7 @@ def lifespan(
                 )
                 for name, account in settings.accounts.items()
             }
-            tokens = TokenService(settings, redis)
+            tokens = TokenService(settings, redis, hot)
             sms = SmsCodes(settings, redis, make_provider(settings, http=http, redis=redis))
             login = LoginFlow(
                 settings=settings, scenes=SceneStore(redis, hot), people=people, tokens=tokens,
