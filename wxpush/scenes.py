@@ -124,11 +124,6 @@ class SceneStore:
         self._move = self._hot.register_script(_MOVE)
         self._claim = self._hot.register_script(_CLAIM)
 
-    @staticmethod
-    def key(scene_id: str) -> str:
-        """The scene's Redis hash."""
-        return _key(scene_id)
-
     async def create(self, account: str, expire_seconds: int, make_qr: QRMaker) -> Scene:
         """Create a scene and its temporary QR code (``scene_str = login:{id}``)."""
         scene_id = new_scene_id()
