@@ -18,13 +18,13 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 import httpx
 from redis.asyncio import Redis
 
 from wxpush.errors import BadRequest
-from wxpush.lane import HotCommands
+from wxpush.lane import HotCommands, hot_commands
 from wxpush.settings import Account, Settings
 from wxpush.wechat import replies, signature
 from wxpush.wechat.crypto import MessageCrypto
@@ -147,7 +147,7 @@ class CallbackService:
         (default ``redis``) carries the stored replies."""
         self._settings = settings
         self._redis = redis
-        self._hot: HotCommands = hot or cast(HotCommands, redis)
+        self._hot = hot_commands(redis, hot)
         self._http = http
         self._scan_handler = scan_handler
         self._once_handler = once_handler

@@ -64,6 +64,12 @@ class HotCommands(Protocol):
     async def set(self, name: str, value: Arg, ex: int | None = None) -> Any: ...
 
 
+def hot_commands(client: Any, hot: HotCommands | None = None) -> HotCommands:
+    """``hot`` when there is one, else the redis-py ``client`` itself: it offers the same
+    calls (with more options), so the hot path's code does not depend on which serves it."""
+    return hot if hot is not None else cast(HotCommands, client)
+
+
 class Lane:
     """A pipelined connection to the Redis server of ``client``'s pool (see the module)."""
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from wxpush.callback import Once, Retried
 from wxpush.errors import Conflict, Gone, NotFound
-from wxpush.lane import HotCommands
+from wxpush.lane import HotCommands, hot_commands
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class SceneStore:
         self, redis: Any, hot: HotCommands | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
         self._redis = redis
-        self._hot: HotCommands = hot or redis
+        self._hot = hot_commands(redis, hot)
         self._clock = clock
         self._move = self._hot.register_script(_MOVE)
         self._claim = self._hot.register_script(_CLAIM)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from wxpush.lane import HotCommands, Lane
+from wxpush.lane import HotCommands, Lane, hot_commands
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +65,6 @@ def open_store(url: str | None, *, connections: int = MAX_CONNECTIONS) -> tuple[
     the client serves the hot path too."""
     if url is None or not Lane.serves(url):
         client = open_redis(url, connections=connections)
-        return client, cast(HotCommands, client)  # the same calls, with more options
+        return client, hot_commands(client)
     client = open_redis(url, connections=connections - 1)
     return client, Lane(client, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)

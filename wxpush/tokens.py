@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
 
 from wxpush.errors import Unauthorized
-from wxpush.lane import HotCommands
+from wxpush.lane import HotCommands, hot_commands
 from wxpush.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class TokenService:
         self._redis = redis
         self._clock = clock
         self._rotate = redis.register_script(_ROTATE)
-        self._issue = (hot or cast(HotCommands, redis)).register_script(_ISSUE)
+        self._issue = hot_commands(redis, hot).register_script(_ISSUE)
         self._public: ec.EllipticCurvePublicKey | None = None
         self._signing_key: ec.EllipticCurvePrivateKey | bytes
         self._verify_key: ec.EllipticCurvePublicKey | bytes
