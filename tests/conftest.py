@@ -16,11 +16,11 @@ import pytest
 import redis
 import uvloop
 
-from tests.util import SHARED, TIMEOUT, free_port, wait_for
+from tests.util import TIMEOUT, free_port, wait_for
 
 pytest_plugins = ["tests.pg"]
 
-__all__ = ["SHARED", "TIMEOUT", "free_port", "wait_for"]
+__all__ = ["TIMEOUT", "free_port", "wait_for"]
 
 
 @dataclass
@@ -79,6 +79,21 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=TIMEOUT)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``WXPUSH_TEST_INSTALLED=1`` (the README's test command) the suite must test the
+    installed wheel: stop at once if ``wxpush`` would be imported from the checkout."""
+    if os.environ.get("WXPUSH_TEST_INSTALLED") != "1":
+        return
+    import wxpush
+
+    checkout = Path(__file__).resolve().parents[1]
+    if checkout in Path(wxpush.__file__).resolve().parents:
+        raise pytest.UsageError(
+            f"wxpush is imported from the checkout ({wxpush.__file__}), not the installed "
+            "wheel: run pytest from the test virtualenv with --import-mode=append"
+        )
 
 
 def pytest_asyncio_loop_factories(

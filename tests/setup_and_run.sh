@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine, then runs the checks:
 # ruff (lint and format), mypy --strict on wxpush/, and pytest. Extra arguments go to pytest.
+#
+# The tests run against what a user installs: the wheel is built from this checkout and
+# installed, non-editable, into a fresh virtualenv outside it; pytest runs from that
+# virtualenv with the checkout appended to sys.path (so `import wxpush` is the installed
+# package, and the servers the tests start run from temporary folders). WXPUSH_TEST_VENV
+# names a virtualenv to reuse instead (quicker for development; it is still reinstalled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
@@ -18,12 +25,26 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+venv=${WXPUSH_TEST_VENV:-$work/venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+pip() {  # quiet, without the warnings of a machine's unreachable extra indexes
+    "$venv/bin/python" -m pip -q --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "^WARNING: Location" || true; }
+}
+echo "== wheel"
+pip wheel --no-deps -w "$work/dist" "$repo"
+wheel=$(ls "$work"/dist/wxpush-*.whl)
+pip install --force-reinstall --no-deps "$wheel"
+pip install "$wheel[test]"
+echo "installed $(basename "$wheel") into $venv"
 
 echo "== ruff"
-python3 -m ruff check wxpush tests bench
-python3 -m ruff format --check wxpush tests bench
+"$venv/bin/ruff" check wxpush tests bench
+"$venv/bin/ruff" format --check wxpush tests bench
 echo "== mypy"
-python3 -m mypy
+"$venv/bin/mypy"
 echo "== pytest"
-python3 -m pytest "$@"
+export WXPUSH_TEST_INSTALLED=1
+"$venv/bin/pytest" --import-mode=append "$@"

@@ -6,14 +6,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
 # Every wait in the tests is this many seconds times a small factor; raise it on slow machines.
 TIMEOUT = float(os.environ.get("WXPUSH_TEST_TIMEOUT", "5"))
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def free_port() -> int:

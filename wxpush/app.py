@@ -132,9 +132,17 @@ def _socket_scene(path: str) -> str | None:
 
 SOCKET_PREFIX = "/ws/v1/scenes/"
 
-# static/ beside the package: found in a source checkout or an editable install only (a wheel
-# does not carry it; then `/` and `/static` are simply absent).
-STATIC_DIR = Path(wxpush.__file__).resolve().parents[1] / "static"
+
+def _static_dir() -> Path:
+    """The widget and the demo page: ``wxpush/static`` inside an installed package (the wheel
+    carries the top-level ``static/`` there), else ``static/`` beside the package (a source
+    checkout or an editable install)."""
+    package = Path(wxpush.__file__).resolve().parent
+    installed = package / "static"
+    return installed if installed.is_dir() else package.parent / "static"
+
+
+STATIC_DIR = _static_dir()
 
 
 def _static_routes(directory: Path) -> list[BaseRoute]:

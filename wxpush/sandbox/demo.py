@@ -14,12 +14,11 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-from pathlib import Path
 
 from dotenv import dotenv_values
 from starlette.applications import Starlette
 
-from wxpush.app import STATIC_DIR, create_app
+from wxpush.app import create_app
 from wxpush.settings import Settings
 
 DEMO_APPID = "wxsandboxdemo0001"
@@ -46,6 +45,5 @@ def demo_settings(host: str, port: int) -> Settings:
 def demo_app(host: str, port: int) -> tuple[Starlette, str]:
     """The demo app and the URL to open in a browser."""
     settings = demo_settings(host, port)
-    static = STATIC_DIR if STATIC_DIR.is_dir() else Path.cwd() / "static"
     base = settings.wechat_api_base.removesuffix("/sandbox")
-    return create_app(settings, static_dir=static), settings.public_url or base
+    return create_app(settings), settings.public_url or base

@@ -1,0 +1,5 @@
+"""`python -m wxpush` runs the command line."""
+
+from wxpush.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The application factory: routes, error handlers, lifespan.
+
+``uvicorn --factory wxpush.app:create_app`` builds one app per worker from the environment;
+tests call :func:`create_app` with their own :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+import wxpush
+from wxpush import openapi, sandbox
+from wxpush.callback import ScanHandler
+from wxpush.endpoints import health, scenes, tokens, wechat, ws
+from wxpush.endpoints.common import error_answer
+from wxpush.errors import WxpushError, error_response
+from wxpush.lifespan import lifespan
+from wxpush.metrics import Metrics
+from wxpush.settings import Settings
+from wxpush.wechat.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    scan_handler: ScanHandler | None = None,
+    static_dir: Path | None = None,
+) -> Starlette:
+    """Build the wxpush ASGI app (settings from the environment when not given).
+
+    ``static_dir`` is served at ``/static`` (and its ``index.html`` at ``/``); by default the
+    repository's ``static/`` (see :data:`STATIC_DIR`).
+    """
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+    scene = "/api/v1/scenes/{scene}"
+    routes: list[BaseRoute] = [  # WeChat's callbacks are the busiest route: matched first
+        Route("/wechat/{account}/callback", wechat.Callback(), methods=["POST"]),
+        Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
+        Route("/api/v1/scenes", scenes.create, methods=["POST"]),
+        Route(scene, scenes.read, methods=["GET"]),
+        Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
+        Route(scene + "/qr.png", scenes.qr_png, methods=["GET"]),
+        Route(scene + "/wait", scenes.wait, methods=["GET"]),
+        Route(scene + "/sms", scenes.send_sms, methods=["POST"]),
+        Route(scene + "/bind", scenes.bind, methods=["POST"]),
+        Route("/api/v1/token/refresh", tokens.refresh, methods=["POST"]),
+        Route("/api/v1/logout", tokens.logout, methods=["POST"]),
+        Route("/api/v1/me", tokens.me, methods=["GET"]),
+        Route("/.well-known/jwks.json", tokens.jwks, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
+    ]
+    if settings.sandbox:  # a stand-in WeChat: never mounted unless WXPUSH_SANDBOX=1
+        routes.append(sandbox.mount())
+    routes += _static_routes(static_dir or STATIC_DIR)
+    return App(
+        routes=routes,
+        middleware=_middleware(settings),
+        lifespan=lifespan(settings, metrics, scan_handler),
+        exception_handlers={
+            kind: _error
+            for kind in (
+                WxpushError,
+                ProtocolError,
+                RedisConnectionError,
+                RedisTimeoutError,
+                HTTPException,
+                Exception,
+            )
+        },
+    )
+
+
+class App(Starlette):
+    """Starlette, with the waiting sockets taken straight to their plain ASGI handler.
+
+    ``WS /ws/v1/scenes/{scene}`` (SPEC §3) is the one WebSocket route. A waiting socket lives
+    for minutes and there may be tens of thousands, so it keeps no routing or middleware
+    frames alive (CORS does not apply to WebSockets; origins are checked by the handler).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            account = _callback_account(scope["path"])
+            if account is not None:
+                scope["app"] = self
+                await wechat.handle_post(scope, receive, send, account)
+                return
+        elif scope["type"] == "websocket":
+            scope["app"] = self
+            scene_id = _socket_scene(scope["path"])
+            if scene_id is None:
+                await ws.no_such_socket(scope, receive, send)
+            else:
+                await ws.scene_socket(scope, receive, send, scene_id)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _callback_account(path: str) -> str | None:
+    """``/wechat/{account}/callback`` → ``account`` (one path segment), else ``None``."""
+    if not path.startswith("/wechat/") or not path.endswith("/callback"):
+        return None
+    account = path[len("/wechat/") : -len("/callback")]
+    return account if account and "/" not in account else None
+
+
+def _socket_scene(path: str) -> str | None:
+    scene_id = path.removeprefix(SOCKET_PREFIX)
+    if scene_id == path or not scene_id or "/" in scene_id:
+        return None
+    return scene_id
+
+
+SOCKET_PREFIX = "/ws/v1/scenes/"
+
+
+def _static_dir() -> Path:
+    """The widget and the demo page: ``wxpush/static`` inside an installed package (the wheel
+    carries the top-level ``static/`` there), else ``static/`` beside the package (a source
+    checkout or an editable install)."""
+    package = Path(wxpush.__file__).resolve().parent
+    installed = package / "static"
+    return installed if installed.is_dir() else package.parent / "static"
+
+
+STATIC_DIR = _static_dir()
+
+
+def _static_routes(directory: Path) -> list[BaseRoute]:
+    """``/static`` (the widget) and ``/`` (``static/index.html``, the demo login page)."""
+    if not directory.is_dir():
+        return []
+    routes: list[BaseRoute] = [Mount("/static", StaticFiles(directory=directory), name="static")]
+    index = directory / "index.html"
+    if index.is_file():
+        routes.append(Route("/", IndexPage(index), include_in_schema=False))
+    return routes
+
+
+class IndexPage:
+    """``static/index.html`` at ``/``: a page, not part of the API. As a plain ASGI app its
+    route has no ``methods`` list and stays out of the OpenAPI description."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response: Response
+        if scope["method"] in ("GET", "HEAD"):
+            response = FileResponse(self.file, headers={"Cache-Control": "no-cache"})
+        else:
+            message = "Method Not Allowed"
+            response = error_response(405, "method_not_allowed", message, {"Allow": "GET, HEAD"})
+        await response(scope, receive, send)
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    """CORS for the origins in WXPUSH_ALLOWED_ORIGINS (none: same-origin only)."""
+    if not settings.allowed_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    ]
+
+
+async def _openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi.document())
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    """Every handler's errors, answered in JSON (:func:`.common.error_answer`)."""
+    return error_answer(exc)[1]

@@ -1,0 +1,275 @@
+"""The ``wxpush`` command: serve, demo, check, keygen, menu."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from wxpush import __version__
+from wxpush.errors import WxpushError
+from wxpush.lifespan import quiet_secret_loggers
+from wxpush.settings import Account, Settings, SettingsError, port_from_env
+from wxpush.store import open_redis
+from wxpush.tokens import generate_key_file
+from wxpush.wechat.api import WeChatAPI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    quiet_secret_loggers()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except SettingsError as exc:
+        print(f"wxpush: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wxpush", description="WeChat QR login server")
+    parser.add_argument("--version", action="version", version=f"wxpush {__version__}")
+    sub = parser.add_subparsers(title="commands")
+
+    serve = sub.add_parser("serve", help="run the production server (uvicorn)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
+    serve.add_argument("--port", type=int, default=port_from_env())
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--ws-ping-interval", type=_ping_interval, default=PING_INTERVAL, metavar="SECONDS",
+        help=f"ping every WebSocket this often (default {PING_INTERVAL:g}; keep it under the "
+        "60 s idle timeout of common proxies)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--keep-alive", type=_keep_alive, default=KEEP_ALIVE, metavar="SECONDS",
+        help=f"keep an idle HTTP connection this long (default {KEEP_ALIVE}; keep it above "
+        "the idle timeout of the proxy or load balancer in front)",
+    )  # fmt: skip
+    serve.set_defaults(run=_serve)
+
+    demo = sub.add_parser("demo", help="everything on this machine, no WeChat account needed")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.set_defaults(run=_demo)
+
+    check = sub.add_parser("check", help="validate settings and reach Redis and WeChat")
+    check.set_defaults(run=_check)
+
+    keygen = sub.add_parser("keygen", help="create the ES256 JWT signing key file")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.set_defaults(run=_keygen)
+
+    menu = sub.add_parser("menu", help="set, show or delete the account's custom menu")
+    menu.add_argument("--account", default=None, help="account name (default: the first)")
+    verbs = menu.add_subparsers(title="menu commands", required=True)
+    menu_set = verbs.add_parser("set", help="create the menu from a JSON file")
+    menu_set.add_argument("file", type=Path)
+    menu_set.set_defaults(run=_menu_set)
+    verbs.add_parser("get", help="print the current menu").set_defaults(run=_menu_get)
+    verbs.add_parser("delete", help="delete the menu").set_defaults(run=_menu_delete)
+    return parser
+
+
+PING_INTERVAL = 45.0
+MAX_PING_INTERVAL = 50.0  # every socket is pinged at least this often
+# Seconds an idle keep-alive HTTP connection stays open. uvicorn's default is 5; a reverse
+# proxy or load balancer keeps its idle upstream connections for 60 s, and one that reuses a
+# connection just as the server closes it gets a reset (a 502 for its client). Above the
+# proxy's timeout, the proxy is always the side that closes.
+KEEP_ALIVE = 75
+MAX_KEEP_ALIVE = 3600
+
+
+def websocket_options(ping_interval: float = PING_INTERVAL) -> dict[str, Any]:
+    """uvicorn's WebSocket settings: the lean protocol of :mod:`wxpush.wsprotocol` (one
+    shared keep-alive timer), no per-message deflate (tiny JSON frames gain nothing from it,
+    and it costs memory on every socket)."""
+    return {
+        "ws": "wxpush.wsprotocol:WaitingSocketProtocol",
+        "ws_ping_interval": ping_interval,
+        "ws_per_message_deflate": False,
+    }
+
+
+def _ping_interval(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_PING_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r}: give seconds, more than 0 and at most {MAX_PING_INTERVAL:g} (SPEC §3)"
+        )
+    return seconds
+
+
+def _keep_alive(raw: str) -> int:
+    seconds = int(raw) if raw.strip().isdigit() else 0
+    if not 1 <= seconds <= MAX_KEEP_ALIVE:
+        raise argparse.ArgumentTypeError(f"{raw!r}: give whole seconds, from 1 to {MAX_KEEP_ALIVE}")
+    return seconds
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings.from_env()
+    if args.workers > 1 and settings.embedded_redis:
+        raise SettingsError("WXPUSH_REDIS_URL", "required to run more than one worker")
+    uvicorn.run(
+        "wxpush.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+        timeout_keep_alive=args.keep_alive,
+        **websocket_options(args.ws_ping_interval),
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from wxpush.sandbox.demo import demo_app
+
+    app, url = demo_app(args.host, args.port)
+    print(f"wxpush demo: open {url}/ (sandbox phone, console SMS)", flush=True)
+    if url.startswith("http://127.0.0.1") and args.host != "127.0.0.1":
+        print("wxpush demo: for phones on the LAN, set WXPUSH_PUBLIC_URL=http://<this host's "
+              f"LAN address>:{args.port} so the QR code points at it", flush=True)  # fmt: skip
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", server_header=False,
+        timeout_keep_alive=KEEP_ALIVE, **websocket_options(),
+    )  # fmt: skip
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    path = Settings.one("jwt_key_file")
+    try:
+        kid = generate_key_file(path, force=args.force)
+    except FileExistsError:
+        print(f"wxpush: {path} exists; pass --force to replace it (every issued token ends)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"wrote {path} (kid {kid})")
+    return 0
+
+
+# -- check ----------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"settings: failed — {exc}")
+        return 1
+    names = ", ".join(settings.accounts)
+    print(f"settings: ok ({len(settings.accounts)} account(s): {names})")
+    return asyncio.run(_check_services(settings))
+
+
+async def _check_services(settings: Settings) -> int:
+    failures = 0
+    async with _clients(settings) as (redis, http):
+        try:
+            await asyncio.wait_for(redis.ping(), timeout=3)
+            where = "embedded, single process" if settings.embedded_redis else "reachable"
+            print(f"redis: ok ({where})")
+        except Exception as exc:
+            print(f"redis: failed — {type(exc).__name__}: {exc}")
+            return 1
+        for account in settings.accounts.values():
+            api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
+            try:
+                await api.access_token()
+                print(f"wechat token ({account.name}): ok")
+            except WxpushError as exc:
+                failures += 1
+                print(f"wechat token ({account.name}): failed — {exc.message}")
+    return 1 if failures else 0
+
+
+# -- menu -----------------------------------------------------------------------------------
+
+
+def _menu_set(args: argparse.Namespace) -> int:
+    try:
+        menu = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"wxpush: cannot read a JSON menu from {args.file}: {exc}", file=sys.stderr)
+        return 2
+
+    async def run(api: WeChatAPI) -> None:
+        await api.menu_create(menu)
+        print("menu set")
+
+    return _with_api(args, run)
+
+
+def _menu_get(args: argparse.Namespace) -> int:
+    async def run(api: WeChatAPI) -> None:
+        print(json.dumps(await api.menu_get(), ensure_ascii=False, indent=2))
+
+    return _with_api(args, run)
+
+
+def _menu_delete(args: argparse.Namespace) -> int:
+    async def run(api: WeChatAPI) -> None:
+        await api.menu_delete()
+        print("menu deleted")
+
+    return _with_api(args, run)
+
+
+def _with_api(args: argparse.Namespace, run: Callable[[WeChatAPI], Awaitable[None]]) -> int:
+    settings = Settings.from_env()
+    account = _pick_account(settings, args.account)
+
+    async def go() -> int:
+        async with _clients(settings) as (redis, http):
+            api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
+            try:
+                await run(api)
+            except WxpushError as exc:
+                print(f"wxpush: {exc.message}", file=sys.stderr)
+                return 1
+        return 0
+
+    return asyncio.run(go())
+
+
+def _pick_account(settings: Settings, name: str | None) -> Account:
+    if name is None:
+        return settings.default_account
+    if name not in settings.accounts:
+        raise SettingsError("--account", f"no account named {name!r}")
+    return settings.accounts[name]
+
+
+@asynccontextmanager
+async def _clients(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    redis = open_redis(settings.redis_url, connections=settings.redis_connections)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+    try:
+        yield redis, http
+    finally:
+        await http.aclose()
+        await redis.aclose()

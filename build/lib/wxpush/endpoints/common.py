@@ -1,0 +1,120 @@
+"""Request helpers shared by the handlers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope
+
+from wxpush.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    WxpushError,
+    error_response,
+    from_protocol_error,
+)
+from wxpush.wechat.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body of a Starlette request; see :func:`read_asgi_body`."""
+    body = await read_asgi_body(request.scope, request.receive, limit)
+    if body is None:
+        raise ClientDisconnect()
+    return body
+
+
+async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The body, refusing more than ``limit`` bytes without reading them all (413);
+    ``None`` when the client went away first."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise BadRequest("Content-Length is not a number.", code="bad_content_length")
+            if int(value) > limit:
+                raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than {limit // 1024} KiB.")
+
+
+JSON_LIMIT = 16 * 1024
+
+
+async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
+    """The body as a JSON object (``{}`` when empty and not ``required``), else 400."""
+    body = await read_body(request, JSON_LIMIT)
+    if not body.strip():
+        if required:
+            raise BadRequest("A JSON object body is required.", code="invalid_json")
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest("The body is not valid JSON.", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def text_field(data: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+    """A string field of a JSON body: 400 when missing (unless optional) or not a string."""
+    value = data.get(name)
+    if value is None:
+        if optional:
+            return None
+        raise BadRequest(f"The field {name!r} is required.", code="missing_field")
+    if not isinstance(value, str) or len(value) > 256:
+        raise BadRequest(f"The field {name!r} must be a short string.", code="invalid_field")
+    return value
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address (uvicorn resolves X-Forwarded-For from trusted proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
+def error_answer(exc: Exception) -> tuple[str, Response]:
+    """The error code and JSON answer for anything a handler raised (never a traceback)."""
+    if isinstance(exc, WxpushError):
+        return exc.code, exc.response()
+    if isinstance(exc, ProtocolError):
+        error = from_protocol_error(exc)
+        return error.code, error.response()
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        logger.warning("Redis is unavailable: %s", type(exc).__name__)
+        message = "Redis is not reachable; try again shortly."
+        return "redis_unavailable", error_response(503, "redis_unavailable", message)
+    if isinstance(exc, HTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        return code, error_response(exc.status_code, code, str(exc.detail), headers)
+    logger.error("unhandled error", exc_info=exc)
+    message = "Something went wrong on the server."
+    return "internal_error", error_response(500, "internal_error", message)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

@@ -1,0 +1,133 @@
+"""Resources of a running server, opened and closed in one place.
+
+:func:`lifespan` is an async context manager yielding a :class:`State`; Starlette hands that
+state to every request as ``request.state``. Nothing lives in module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
+from typing import Any, TypedDict
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+
+from wxpush.accounts import People, open_engine
+from wxpush.callback import CallbackService, ScanHandler, ignore_scan
+from wxpush.endpoints.ws import SocketCount
+from wxpush.hub import Hub
+from wxpush.lane import Lane
+from wxpush.limits import RateLimiter
+from wxpush.login import LoginFlow
+from wxpush.metrics import Metrics
+from wxpush.scenes import SceneStore
+from wxpush.settings import Settings
+from wxpush.sms import SmsCodes, make_provider
+from wxpush.store import open_store
+from wxpush.tokens import TokenService
+from wxpush.wechat.api import WeChatAPI
+
+logger = logging.getLogger(__name__)
+
+HTTP_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+
+
+class State(TypedDict):
+    settings: Settings
+    redis: Any
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    wechat: dict[str, WeChatAPI]
+    people: People
+    tokens: TokenService
+    login: LoginFlow
+    callbacks: CallbackService
+    metrics: Metrics
+    hub: Hub
+    sockets: SocketCount
+
+
+def quiet_secret_loggers() -> None:
+    """httpx logs each request URL at INFO, and WeChat's URLs carry the access_token (and,
+    for ``/cgi-bin/token``, the appsecret): keep those records out of every log."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+async def _stop(listener: asyncio.Task[None], hub: Hub) -> None:
+    listener.cancel()
+    with suppress(asyncio.CancelledError):
+        await listener
+    await hub.close()
+
+
+def settle_gc() -> None:
+    """Move everything built at start-up out of the collector's sight.
+
+    A server holds a large, long-lived heap (modules, the app, its clients); without this,
+    every full collection walks it again. The thresholds stay Python's own: larger young
+    generations make each collection rarer but longer, and with thousands of open sockets a
+    single generation-1 pass grew to a second-long stall of the event loop.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def lifespan(
+    settings: Settings, metrics: Metrics, scan_handler: ScanHandler | None = None
+) -> Callable[[Starlette], AbstractAsyncContextManager[State]]:
+    """Build the lifespan of an app serving ``settings``.
+
+    ``scan_handler`` replaces the login flow's own (tests of the callback layer use it).
+    """
+
+    @asynccontextmanager
+    async def run(app: Starlette) -> AsyncIterator[State]:
+        quiet_secret_loggers()
+        async with AsyncExitStack() as stack:
+            redis, hot = open_store(settings.redis_url, connections=settings.redis_connections)
+            stack.push_async_callback(redis.aclose)
+            if isinstance(hot, Lane):
+                stack.push_async_callback(hot.aclose)
+            engine = open_engine(settings.database_url)
+            stack.push_async_callback(engine.dispose)
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=HTTP_TIMEOUT))
+            wechat_http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=HTTP_TIMEOUT, event_hooks=metrics.http_hooks())  # type: ignore[arg-type]
+            )
+            people = People(engine)
+            stack.callback(people.close)
+            await people.create_schema()
+            wechat = {
+                name: WeChatAPI(
+                    account, http=wechat_http, redis=redis, base_url=settings.wechat_api_base
+                )
+                for name, account in settings.accounts.items()
+            }
+            tokens = TokenService(settings, redis, hot)
+            sms = SmsCodes(settings, redis, make_provider(settings, http=http, redis=redis))
+            login = LoginFlow(
+                settings=settings, scenes=SceneStore(redis, hot), people=people, tokens=tokens,
+                sms=sms, wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
+            )  # fmt: skip
+            callbacks = CallbackService(
+                settings, redis=redis, hot=hot, http=http, scan_handler=scan_handler or ignore_scan,
+                once_handler=None if scan_handler else login.on_scan,
+            )  # fmt: skip
+            hub = Hub(redis, on_reconnect=metrics.hub_reconnects.inc)
+            listener = asyncio.create_task(hub.run(), name="wxpush-hub")
+            stack.push_async_callback(_stop, listener, hub)
+            logger.info("wxpush ready: accounts %s", ", ".join(settings.accounts))
+            settle_gc()
+            yield State(
+                settings=settings, redis=redis, engine=engine, http=http, wechat=wechat,
+                people=people, tokens=tokens, login=login, callbacks=callbacks, metrics=metrics,
+                hub=hub, sockets=SocketCount(),
+            )  # fmt: skip
+
+    return run

@@ -1,0 +1,49 @@
+"""``wxpush demo``: the whole login flow on one machine, with no WeChat account.
+
+The demo's settings are defaults overlaid by ``.env`` and the real environment (so any
+``WXPUSH_*`` variable still wins), except two it always sets: the sandbox is on and the
+WeChat API base is this server's own ``/sandbox``. With no ``WXPUSH_REDIS_URL`` it runs on
+the embedded store; people live in ``wxpush-demo.db`` and the JWT key in
+``wxpush-demo-jwt.pem`` in the current directory. The appid is fixed (so people stay known
+across restarts); the secret, Token and EncodingAESKey are new on every start (callbacks run
+in safe mode, as most accounts do).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+
+from dotenv import dotenv_values
+from starlette.applications import Starlette
+
+from wxpush.app import create_app
+from wxpush.settings import Settings
+
+DEMO_APPID = "wxsandboxdemo0001"
+
+
+def demo_settings(host: str, port: int) -> Settings:
+    """The demo's :class:`Settings` (see the module docstring)."""
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    defaults = {
+        "WXPUSH_APPID": DEMO_APPID,
+        "WXPUSH_APPSECRET": secrets.token_hex(16),
+        "WXPUSH_TOKEN": secrets.token_hex(16),
+        "WXPUSH_AES_KEY": base64.b64encode(secrets.token_bytes(32)).decode()[:43],
+        "WXPUSH_DATABASE_URL": "sqlite+aiosqlite:///wxpush-demo.db",
+        "WXPUSH_SMS_PROVIDER": "console",
+        "WXPUSH_JWT_KEY_FILE": "wxpush-demo-jwt.pem",
+    }
+    netloc = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
+    forced = {"WXPUSH_SANDBOX": "1", "WXPUSH_WECHAT_API_BASE": f"http://{netloc}/sandbox"}
+    dotenv = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+    return Settings.from_env({**defaults, **dotenv, **os.environ, **forced}, dotenv=None)
+
+
+def demo_app(host: str, port: int) -> tuple[Starlette, str]:
+    """The demo app and the URL to open in a browser."""
+    settings = demo_settings(host, port)
+    base = settings.wechat_api_base.removesuffix("/sandbox")
+    return create_app(settings), settings.public_url or base

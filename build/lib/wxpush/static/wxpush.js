@@ -1,0 +1,404 @@
+// wxpush login widget (SPEC §11): an ES module with no build step; also sets window.WxPush.
+//   WxPush.mount(element, {server, account, lang, onLogin(tokens), onError(error)})
+// Shows the QR code with a countdown, listens over WebSocket, falls back to long-poll and
+// then to plain polling, renews the QR code on EXPIRED and renders the phone-binding form.
+
+const TEXT = {
+  en: {
+    title: "Log in with WeChat",
+    loading: "Getting a QR code…",
+    scan: "Scan the QR code with WeChat and follow the account.",
+    left: (s) => `The code is valid for ${s} s`,
+    expired: "The QR code expired; here is a new one.",
+    refresh: "New QR code",
+    reconnecting: "Connection lost; reconnecting…",
+    longpoll: "Live updates unavailable; checking with long requests.",
+    polling: "Checking every few seconds.",
+    notReg: "Scanned. Enter your phone number to finish logging in.",
+    phone: "Phone number",
+    sendCode: "Send code",
+    resend: (s) => `Resend in ${s} s`,
+    code: "Code from the text message",
+    submit: "Log in",
+    codeSent: "A code was sent by text message.",
+    loggedIn: "Logged in.",
+    claimed: "This login was completed in another tab or window.",
+    failed: "Could not reach the login server; retrying…",
+    needPhone: "Enter your phone number.",
+    needCode: "Enter the code from the text message.",
+    error: "Something went wrong.",
+  },
+  zh: {
+    title: "微信扫码登录",
+    loading: "正在获取二维码…",
+    scan: "请用微信扫描二维码并关注公众号。",
+    left: (s) => `二维码 ${s} 秒后过期`,
+    expired: "二维码已过期，已为你换了一个新的。",
+    refresh: "换一个二维码",
+    reconnecting: "连接中断，正在重连…",
+    longpoll: "实时连接不可用，改用长轮询。",
+    polling: "改为每隔几秒查询一次。",
+    notReg: "已扫码。请输入手机号完成登录。",
+    phone: "手机号",
+    sendCode: "发送验证码",
+    resend: (s) => `${s} 秒后可重发`,
+    code: "短信验证码",
+    submit: "登录",
+    codeSent: "验证码已通过短信发送。",
+    loggedIn: "已登录。",
+    claimed: "此次登录已在另一个标签页或窗口中完成。",
+    failed: "无法连接登录服务器，正在重试…",
+    needPhone: "请输入手机号。",
+    needCode: "请输入短信验证码。",
+    error: "出错了。",
+  },
+};
+
+function pickLang(lang) {
+  const l = (lang || (typeof navigator !== "undefined" && navigator.language) || "en").toLowerCase();
+  return l.startsWith("zh") ? "zh" : "en";
+}
+
+function h(tag, attrs = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === false || v == null) continue;
+    if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+class Widget {
+  constructor(el, opts = {}) {
+    this.el = el;
+    this.opts = opts;
+    this.server = (opts.server || "").replace(/\/$/, "");
+    this.lang = pickLang(opts.lang);
+    this.t = TEXT[this.lang];
+    this.gen = 0;
+    this.ws = null;
+    this.timers = new Set();
+    this.transport = "ws";
+    this.render();
+    this.start();
+  }
+
+  render() {
+    const t = this.t;
+    this.el.classList.add("wxpush");
+    this.el.setAttribute("lang", this.lang === "zh" ? "zh-CN" : "en");
+    this.qr = h("img", { "data-wxpush": "qr", alt: t.title, width: 200, height: 200 });
+    this.link = h("a", { "data-wxpush": "qr-link", target: "_blank", rel: "noopener" }, [this.qr]);
+    this.countdown = h("p", { "data-wxpush": "countdown", class: "wxpush-countdown" });
+    this.refreshBtn = h("button", { type: "button", "data-wxpush": "refresh", text: t.refresh });
+    this.refreshBtn.addEventListener("click", () => this.start());
+    this.qrBox = h("div", { class: "wxpush-qr" }, [this.link, this.countdown, this.refreshBtn]);
+
+    this.phone = h("input", { type: "tel", "data-wxpush": "phone", id: this.uid("phone"),
+      autocomplete: "tel", required: true });
+    this.sendBtn = h("button", { type: "submit", "data-wxpush": "send-code", text: t.sendCode });
+    this.phoneForm = h("form", { class: "wxpush-row", novalidate: true }, [
+      h("label", { for: this.phone.id, text: t.phone }), this.phone, this.sendBtn]);
+    this.code = h("input", { type: "text", "data-wxpush": "code", id: this.uid("code"),
+      autocomplete: "one-time-code", inputmode: "numeric", maxlength: 6, required: true });
+    this.submitBtn = h("button", { type: "submit", "data-wxpush": "submit", text: t.submit });
+    this.codeForm = h("form", { class: "wxpush-row", novalidate: true }, [
+      h("label", { for: this.code.id, text: t.code }), this.code, this.submitBtn]);
+    this.phoneForm.addEventListener("submit", (e) => { e.preventDefault(); this.sendCode(); });
+    this.codeForm.addEventListener("submit", (e) => { e.preventDefault(); this.bind(); });
+    this.bindBox = h("div", { class: "wxpush-bind", hidden: true }, [this.phoneForm, this.codeForm]);
+
+    this.status = h("p", { "data-wxpush": "status", "aria-live": "polite", class: "wxpush-status" });
+    this.error = h("p", { "data-wxpush": "error", role: "alert", class: "wxpush-error" });
+    this.el.replaceChildren(h("h2", { class: "wxpush-title", text: t.title }), this.qrBox,
+      this.bindBox, this.status, this.error);
+  }
+
+  uid(name) {
+    Widget.count = (Widget.count || 0) + 1;
+    return `wxpush-${name}-${Widget.count}`;
+  }
+
+  say(text) { this.status.textContent = text; }
+  fail(text) { this.error.textContent = text || ""; }
+
+  later(ms, fn) {
+    const id = setTimeout(() => { this.timers.delete(id); fn(); }, ms);
+    this.timers.add(id);
+  }
+
+  stop() {
+    this.gen += 1;
+    for (const id of this.timers) clearTimeout(id);
+    this.timers.clear();
+    clearInterval(this.tick);
+    clearInterval(this.resendTick);
+    if (this.ws) { this.ws.onclose = this.ws.onmessage = this.ws.onerror = null; this.ws.close(); }
+    this.ws = null;
+  }
+
+  destroy() { this.stop(); this.el.replaceChildren(); this.el.classList.remove("wxpush"); }
+
+  url(path) { return this.server + path; }
+
+  async api(path, options = {}) {
+    const res = await fetch(this.url(path), {
+      ...options,
+      headers: options.body ? { "Content-Type": "application/json" } : undefined,
+    });
+    let data = {};
+    try { data = await res.json(); } catch { /* 204 or not JSON */ }
+    return { res, data };
+  }
+
+  async start(attempt = 0) {
+    this.stop();
+    const gen = this.gen;
+    this.scene = null;
+    this.done = false;
+    this.bindBox.hidden = true;
+    this.qrBox.hidden = false;
+    this.refreshBtn.disabled = true;
+    this.fail("");
+    this.say(this.t.loading);
+    let answer;
+    try {
+      answer = await this.api("/api/v1/scenes", {
+        method: "POST", body: JSON.stringify(this.opts.account ? { account: this.opts.account } : {}),
+      });
+    } catch (err) {
+      answer = { res: null, data: { message: this.t.failed } };
+    }
+    if (gen !== this.gen) return;
+    this.refreshBtn.disabled = false;
+    const { res, data } = answer;
+    if (!res || res.status !== 201) {
+      this.fail(data.message || this.t.error);
+      this.report(data);
+      this.later(Math.min(30000, 1000 * 2 ** attempt), () => this.start(attempt + 1));
+      return;
+    }
+    this.scene = data;
+    this.qr.src = data.qr_image.startsWith("/") ? this.url(data.qr_image) : data.qr_image;
+    this.link.href = data.qr_url;
+    this.deadline = Date.now() + data.expires_in * 1000;
+    this.tick = setInterval(() => this.showCountdown(gen), 1000);
+    this.showCountdown(gen);
+    this.say(this.t.scan);
+    this.failures = 0;
+    if (this.wsWorked) this.transport = "ws"; // a new QR code tries the WebSocket again
+    this.el.dataset.wxpushTransport = this.transport;
+    if (this.transport === "ws" && typeof WebSocket !== "undefined") this.listenWs(gen);
+    else if (this.transport === "wait") this.longPoll(gen);
+    else this.poll(gen);
+  }
+
+  showCountdown(gen) {
+    if (gen !== this.gen || this.done) return;
+    const left = Math.ceil((this.deadline - Date.now()) / 1000);
+    this.countdown.textContent = this.bindBox.hidden ? this.t.left(Math.max(0, left)) : "";
+    // The server says EXPIRED itself; this is only a safety net when that news is late.
+    if (left < -3 && this.bindBox.hidden) { this.say(this.t.expired); this.start(); }
+  }
+
+  report(data) {
+    if (this.opts.onError) {
+      try { this.opts.onError(data); } catch (err) { console.error(err); }
+    }
+  }
+
+  // Handles one state from any channel; true when the scene is over for this channel.
+  handle(gen, state) {
+    if (gen !== this.gen || this.done) return true;
+    switch (state.status) {
+      case "LOOP":
+        if (typeof state.expires_in === "number") this.deadline = Date.now() + state.expires_in * 1000;
+        return false;
+      case "NOT_REG":
+        if (this.bindBox.hidden) {
+          this.bindBox.hidden = false;
+          this.qrBox.hidden = true;
+          this.say(this.t.notReg);
+          this.phone.focus();
+        }
+        return false;
+      case "EXPIRED":
+        this.say(this.t.expired);
+        this.start().then(() => { if (this.scene) this.say(this.t.expired); });
+        return true;
+      case "REG":
+        if (state.access_token) this.login(state);
+        else if (this.binding) return true; // our own bind answer carries the tokens
+        else { this.stop(); this.done = true; this.qrBox.hidden = true; this.bindBox.hidden = true;
+          this.say(this.t.claimed); }
+        return true;
+      default:
+        if (state.message) this.fail(state.message);
+        return false;
+    }
+  }
+
+  login(tokens) {
+    this.stop();
+    this.done = true;
+    this.qrBox.hidden = true;
+    this.bindBox.hidden = true;
+    this.fail("");
+    this.say(this.t.loggedIn);
+    if (this.opts.onLogin) {
+      try { this.opts.onLogin(tokens); } catch (err) { console.error(err); this.report(err); }
+    }
+  }
+
+  listenWs(gen) {
+    let frames = 0;
+    let ws;
+    try { ws = new WebSocket(this.scene.ws_url); } catch { this.fallback(gen, "wait"); return; }
+    this.ws = ws;
+    ws.onmessage = (ev) => {
+      frames += 1;
+      this.failures = 0;
+      this.wsWorked = true;
+      let state;
+      try { state = JSON.parse(ev.data); } catch { return; }
+      if (this.handle(gen, state)) { ws.onclose = null; }
+    };
+    ws.onerror = () => {};
+    ws.onclose = (ev) => {
+      if (gen !== this.gen || this.done) return;
+      this.ws = null;
+      this.failures += 1;
+      // Never worked here (blocked, refused by a proxy) or down for a while: fall back.
+      if ((frames === 0 && !this.wsWorked) || this.failures >= 5) { this.fallback(gen, "wait"); return; }
+      // 1012 (server restart), 1006 after frames, etc.: reconnect with backoff.
+      this.say(this.t.reconnecting);
+      const delay = Math.min(10000, 500 * 2 ** (this.failures - 1)) * (0.75 + Math.random() / 2);
+      this.later(delay, () => { if (gen === this.gen) { this.say(this.t.scan); this.listenWs(gen); } });
+      void ev;
+    };
+  }
+
+  fallback(gen, transport) {
+    if (gen !== this.gen) return;
+    this.transport = transport;
+    this.failures = 0;
+    this.el.dataset.wxpushTransport = transport;
+    const also = this.bindBox.hidden ? this.t.scan : this.t.notReg;
+    if (transport === "wait") { this.say(`${also} ${this.t.longpoll}`); this.longPoll(gen); }
+    else { this.say(`${also} ${this.t.polling}`); this.poll(gen); }
+  }
+
+  async longPoll(gen) {
+    while (gen === this.gen && !this.done) {
+      let state = null;
+      try {
+        const res = await fetch(this.scene.wait_url + "?timeout=25");
+        if (res.ok) state = await res.json();
+      } catch { /* network error */ }
+      if (gen !== this.gen) return;
+      if (!state) {
+        this.failures += 1;
+        if (this.failures >= 2) { this.fallback(gen, "poll"); return; }
+        await sleep(1000);
+        continue;
+      }
+      this.failures = 0;
+      if (this.handle(gen, state)) return;
+      if (state.status === "NOT_REG") await sleep(1500); // answers at once while NOT_REG
+    }
+  }
+
+  async poll(gen) {
+    let delay = 1500;
+    while (gen === this.gen && !this.done) {
+      let state = null;
+      try {
+        const { res, data } = await this.api(`/api/v1/scenes/${this.scene.scene}`);
+        if (res.ok || res.status === 404 || res.status === 410) state = res.ok ? data : { status: "EXPIRED" };
+      } catch { /* network error */ }
+      if (gen !== this.gen) return;
+      if (state) { delay = 1500; if (this.handle(gen, state)) return; }
+      else { delay = Math.min(15000, delay * 2); this.say(this.t.failed); }
+      await sleep(delay);
+    }
+  }
+
+  async sendCode() {
+    const phone = this.phone.value.trim();
+    if (!phone) { this.fail(this.t.needPhone); this.phone.focus(); return; }
+    this.fail("");
+    this.sendBtn.disabled = true;
+    let answer;
+    try {
+      answer = await this.api(`/api/v1/scenes/${this.scene.scene}/sms`, {
+        method: "POST", body: JSON.stringify({ phone }) });
+    } catch { answer = { res: null, data: { message: this.t.failed } }; }
+    const { res, data } = answer;
+    let wait = 0;
+    if (res && res.status === 202) {
+      this.say(this.t.codeSent);
+      wait = data.resend_in || 60;
+      this.code.focus();
+    } else {
+      this.fail(data.message || this.t.error);
+      this.report(data);
+      if (res && res.status === 410) { this.start(); return; }
+      wait = Number(res && res.headers.get("Retry-After")) || 0;
+    }
+    this.resendCountdown(wait);
+  }
+
+  resendCountdown(seconds) {
+    clearInterval(this.resendTick);
+    const until = Date.now() + seconds * 1000;
+    const show = () => {
+      const left = Math.ceil((until - Date.now()) / 1000);
+      if (left <= 0) {
+        clearInterval(this.resendTick);
+        this.sendBtn.disabled = false;
+        this.sendBtn.textContent = this.t.sendCode;
+      } else {
+        this.sendBtn.disabled = true;
+        this.sendBtn.textContent = this.t.resend(left);
+      }
+    };
+    show();
+    if (seconds > 0) this.resendTick = setInterval(show, 1000);
+  }
+
+  async bind() {
+    const phone = this.phone.value.trim();
+    const code = this.code.value.trim();
+    if (!phone) { this.fail(this.t.needPhone); this.phone.focus(); return; }
+    if (!code) { this.fail(this.t.needCode); this.code.focus(); return; }
+    this.fail("");
+    this.submitBtn.disabled = true;
+    this.binding = true;
+    let answer;
+    try {
+      answer = await this.api(`/api/v1/scenes/${this.scene.scene}/bind`, {
+        method: "POST", body: JSON.stringify({ phone, code }) });
+    } catch { answer = { res: null, data: { message: this.t.failed } }; }
+    this.submitBtn.disabled = false;
+    this.binding = false;
+    const { res, data } = answer;
+    if (res && res.ok && data.access_token) { this.login(data); return; }
+    this.fail(data.message || this.t.error);
+    this.report(data);
+    this.code.select();
+    if (res && res.status === 410) this.later(3000, () => this.start());
+  }
+}
+
+export function mount(element, options = {}) {
+  const widget = new Widget(element, options);
+  return { refresh: () => widget.start(), destroy: () => widget.destroy() };
+}
+
+export const WxPush = { mount };
+if (typeof window !== "undefined") window.WxPush = WxPush;
+export default WxPush;

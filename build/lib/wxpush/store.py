@@ -1,0 +1,70 @@
+"""The Redis connection: a real server by URL, or an embedded in-memory one.
+
+With no ``WXPUSH_REDIS_URL`` the server runs on fakeredis (an in-memory, Redis-compatible
+store with pub/sub and Lua), which lives inside the process: fine for ``wxpush demo`` and a
+first look, wrong for more than one process, so start-up says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from wxpush.lane import HotCommands, Lane, hot_commands
+
+logger = logging.getLogger(__name__)
+
+# Fail fast: a request must get a 503 within a second when Redis is away, never hang.
+SOCKET_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 0.5
+# A server process holds MAX_CONNECTIONS (WXPUSH_REDIS_CONNECTIONS) in all: the hub's pub/sub,
+# the hot path's pipelined lane (wxpush.lane), and the rest in redis-py's pool. The pool does
+# not multiplex, so its callers queue for a connection (for at most POOL_WAIT s; a refused or
+# dead server still fails fast at connect) instead of each opening one of their own: a
+# process with 10,000 waiting browsers still holds 3 connections.
+MAX_CONNECTIONS = 3
+MIN_CONNECTIONS = 3  # pub/sub, lane, and one pooled for everything else
+POOL_WAIT = 3.0
+
+
+def open_redis(url: str | None, *, connections: int = MAX_CONNECTIONS) -> Redis:
+    """Return an asyncio Redis client for ``url`` holding at most ``connections`` (pub/sub
+    included), or the embedded store when ``url`` is ``None``."""
+    if url is None:
+        from fakeredis import FakeAsyncRedis  # imported lazily: only the embedded mode needs it
+
+        logger.warning(
+            "WXPUSH_REDIS_URL is not set: using an embedded in-memory Redis (fakeredis); "
+            "this server must run as a single process and loses its state on restart"
+        )
+        client: Redis = FakeAsyncRedis()
+        return client
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=connections,
+        timeout=POOL_WAIT,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        health_check_interval=30,
+        retry_on_timeout=False,
+        # One immediate retry (a pooled connection that died with a Redis restart), never
+        # redis-py's default of ten with backoff, which can hold a request for seconds.
+        retry=Retry(NoBackoff(), 1),
+        client_name=f"wxpush-{os.getpid()}",  # CLIENT LIST tells each process's connections
+    )
+    return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def open_store(url: str | None, *, connections: int = MAX_CONNECTIONS) -> tuple[Redis, HotCommands]:
+    """A server's Redis: the client (pool and pub/sub) and the hot path's commands, holding
+    ``connections`` in all. With the embedded store, or a URL the lane does not serve (TLS),
+    the client serves the hot path too."""
+    if url is None or not Lane.serves(url):
+        client = open_redis(url, connections=connections)
+        return client, hot_commands(client)
+    client = open_redis(url, connections=connections - 1)
+    return client, Lane(client, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
