@@ -7,6 +7,7 @@
     ├── Unauthorized          401
     ├── Forbidden             403
     ├── NotFound              404
+    ├── RequestTimeout        408  (the body did not arrive in time; the connection closes)
     ├── Conflict              409
     ├── Gone                  410
     ├── PayloadTooLarge       413
@@ -61,6 +62,14 @@ class Forbidden(WxpushError):
 
 class NotFound(WxpushError):
     status, code = 404, "not_found"
+
+
+class RequestTimeout(WxpushError):
+    status, code = 408, "body_timeout"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.headers["Connection"] = "close"  # the rest of the body may still be on its way
 
 
 class Conflict(WxpushError):

@@ -144,7 +144,7 @@ class LoginFlow:
     async def bind(self, scene_id: str, phone_raw: str, code: str) -> dict[str, Any]:
         """Check the code, link or create the person, and answer with the tokens."""
         scene = await self.scenes.require(scene_id, "NOT_REG")
-        if not code.isdigit() or len(code) != 6:
+        if not (code.isascii() and code.isdigit()) or len(code) != 6:
             raise BadRequest("The code is the 6 digits sent by SMS.", code="invalid_code")
         phone = normalize_phone(phone_raw)
         await self.sms.verify(phone, code, scope=scene_id)

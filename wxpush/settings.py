@@ -188,6 +188,7 @@ class Settings:
     timestamp_window: int = _setting("WXPUSH_TIMESTAMP_WINDOW_SECONDS", _positive_int, 300)
     dedup_seconds: int = _setting("WXPUSH_DEDUP_SECONDS", _positive_int, 120)
     max_body_bytes: int = _setting("WXPUSH_MAX_BODY_BYTES", _positive_int, 64 * 1024)
+    body_timeout: int = _setting("WXPUSH_BODY_TIMEOUT_SECONDS", _positive_int, 10)
     reply_logged_in: str = _setting("WXPUSH_REPLY_LOGGED_IN", _str, "Logged in")
     reply_finish_on_screen: str = _setting(
         "WXPUSH_REPLY_FINISH_ON_SCREEN",

@@ -239,7 +239,7 @@ class SmsCodes:
         :class:`Gone` (``code_spent`` after too many wrong tries, ``code_expired``).
         """
         code = code.strip()
-        if len(code) != CODE_DIGITS or not code.isdigit():
+        if len(code) != CODE_DIGITS or not (code.isascii() and code.isdigit()):
             raise BadRequest("The code is the 6 digits sent by SMS.", code="invalid_code")
         digest = self._digest(phone, scope, code)
         keys = [_code_key(phone, scope)]

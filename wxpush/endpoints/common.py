@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -16,6 +17,7 @@ from starlette.types import Receive, Scope
 from wxpush.errors import (
     BadRequest,
     PayloadTooLarge,
+    RequestTimeout,
     WxpushError,
     error_response,
     from_protocol_error,
@@ -27,21 +29,36 @@ logger = logging.getLogger(__name__)
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body of a Starlette request; see :func:`read_asgi_body`."""
-    body = await read_asgi_body(request.scope, request.receive, limit)
+    timeout = request.state.settings.body_timeout
+    body = await read_asgi_body(request.scope, request.receive, limit, timeout)
     if body is None:
         raise ClientDisconnect()
     return body
 
 
-async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """The body, refusing more than ``limit`` bytes without reading them all (413);
-    ``None`` when the client went away first."""
+async def read_asgi_body(
+    scope: Scope, receive: Receive, limit: int, seconds: float
+) -> bytes | None:
+    """The body, refusing more than ``limit`` bytes without reading them all (413) and a body
+    that has not all arrived within ``seconds`` (408: a client that stalls mid-body would
+    otherwise hold its connection and this task forever); ``None`` when the client went away
+    first."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if not value.isdigit():
                 raise BadRequest("Content-Length is not a number.", code="bad_content_length")
             if int(value) > limit:
                 raise _too_large(limit)
+    try:
+        async with asyncio.timeout(seconds):
+            return await _receive_body(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {seconds:g} s.", code="body_timeout"
+        ) from None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -73,7 +90,7 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
         return {}
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's
         raise BadRequest("The body is not valid JSON.", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object.", code="invalid_json")
@@ -81,15 +98,25 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
 
 
 def text_field(data: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
-    """A string field of a JSON body: 400 when missing (unless optional) or not a string."""
-    value = data.get(name)
-    if value is None:
+    """A string field of a JSON body: 400 when missing (unless optional), ``null``, not a
+    string, too long, or not text that can be stored (a lone surrogate such as ``"\\ud800"``
+    is valid JSON but no Unicode string)."""
+    if name not in data:
         if optional:
             return None
         raise BadRequest(f"The field {name!r} is required.", code="missing_field")
-    if not isinstance(value, str) or len(value) > 256:
+    value = data[name]
+    if not isinstance(value, str) or len(value) > 256 or not _is_text(value):
         raise BadRequest(f"The field {name!r} must be a short string.", code="invalid_field")
     return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def client_ip(request: Request) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -90,11 +91,13 @@ async def bind(request: Request) -> JSONResponse:
 
 
 WAIT_DEFAULT, WAIT_MIN, WAIT_MAX = 25, 1, 55
+_SECONDS = re.compile(r"[0-9]{1,3}")
 
 
 def _wait_timeout(request: Request) -> int:
     raw = request.query_params.get("timeout", str(WAIT_DEFAULT))
-    if not raw.isdigit() or not WAIT_MIN <= int(raw) <= WAIT_MAX:
+    # ASCII digits only: str.isdigit() also takes "²" and "٣", which int() refuses or reads
+    if not _SECONDS.fullmatch(raw) or not WAIT_MIN <= int(raw) <= WAIT_MAX:
         raise BadRequest(
             f"timeout is a whole number of seconds from {WAIT_MIN} to {WAIT_MAX}.",
             code="invalid_timeout",

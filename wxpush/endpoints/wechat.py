@@ -50,7 +50,7 @@ async def handle_post(scope: Scope, receive: Receive, send: Send, account_name: 
     outcomes = state["metrics"].callbacks
     try:
         account = _account(settings, account_name)
-        body = await read_asgi_body(scope, receive, settings.max_body_bytes)
+        body = await read_asgi_body(scope, receive, settings.max_body_bytes, settings.body_timeout)
         if body is None:
             return  # the client left
         raw_query = scope["query_string"].decode("latin-1")

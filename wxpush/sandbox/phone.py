@@ -45,7 +45,7 @@ async def page(request: Request) -> Response:
 async def scan(request: Request) -> Response:
     try:
         body = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):
         return error_response(400, "bad_json", "The body must be a JSON object.")
     if not isinstance(body, dict):
         return error_response(400, "bad_json", "The body must be a JSON object.")

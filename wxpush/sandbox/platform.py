@@ -62,7 +62,7 @@ async def _body(request: Request) -> Any:
     """The JSON body, or ``None`` when it is not JSON."""
     try:
         return json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
