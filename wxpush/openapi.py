@@ -19,7 +19,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     words = {400: "Bad input", 401: "Not authenticated", 403: "Refused", 404: "Unknown",
-             409: "Conflict with the current state", 410: "Expired", 413: "Body too large",
+             408: "The body did not arrive in time", 409: "Conflict with the current state",
+             410: "Expired", 413: "Body too large",
              429: "Rate-limited (see Retry-After)", 502: "An upstream failed",
              503: "Redis or the database is down"}  # fmt: skip
     return {str(s): _json(_ERROR, words[s]) for s in (*statuses, 503)}
@@ -44,7 +45,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": _body({"account": _STR}, []),
             "responses": {
                 "201": _json({"$ref": "#/components/schemas/NewScene"}, "Created"),
-                **_errors(400, 429, 502),
+                **_errors(400, 408, 413, 429, 502),
             },
         }
     },
@@ -99,7 +100,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "202": _json(
                     {"type": "object", "properties": {"resend_in": {"type": "integer"}}}, "Sent"
                 ),
-                **_errors(400, 403, 404, 409, 410, 429, 502),
+                **_errors(400, 403, 404, 408, 409, 410, 413, 429, 502),
             },
         }
     },
@@ -108,21 +109,24 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Check the SMS code, bind the phone and log in",
             "parameters": [_SCENE],
             "requestBody": _body({"phone": _STR, "code": _STR}, ["phone", "code"]),
-            "responses": {"200": _json(_TOKENS, "Logged in"), **_errors(400, 403, 404, 409, 410)},
+            "responses": {
+                "200": _json(_TOKENS, "Logged in"),
+                **_errors(400, 403, 404, 408, 409, 410, 413),
+            },
         }
     },
     "/api/v1/token/refresh": {
         "post": {
             "summary": "Trade a refresh token for a new pair (the old one is spent)",
             "requestBody": _body({"refresh_token": _STR}, ["refresh_token"]),
-            "responses": {"200": _json(_TOKENS, "New pair"), **_errors(400, 401)},
+            "responses": {"200": _json(_TOKENS, "New pair"), **_errors(400, 401, 408, 413)},
         }
     },
     "/api/v1/logout": {
         "post": {
             "summary": "Revoke a refresh token and its whole family",
             "requestBody": _body({"refresh_token": _STR}, ["refresh_token"]),
-            "responses": {"204": {"description": "Logged out"}, **_errors(400)},
+            "responses": {"204": {"description": "Logged out"}, **_errors(400, 408, 413)},
         }
     },
     "/api/v1/me": {
@@ -167,7 +171,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "WeChat's event push (plaintext, compatible or safe mode)",
             "responses": {
                 "200": {"description": "A passive reply or 'success'"},
-                **_errors(400, 403, 404, 413),
+                **_errors(400, 403, 404, 408, 413),
             },
         },
     },
