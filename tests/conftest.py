@@ -61,6 +61,17 @@ class RedisServer:
         )
         wait_for(lambda: redis.Redis(port=self.port, socket_timeout=0.5).ping())
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Redis hung, not dead: the process stopped (SIGSTOP) with its sockets open, so
+        connects and writes succeed and no reply comes; it goes on (SIGCONT) on exit."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None:
             os.kill(self.proc.pid, signal.SIGKILL)

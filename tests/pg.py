@@ -5,13 +5,14 @@ so when the tests run as root the cluster belongs to an unprivileged user (``nob
 ``wxpush-test`` system user created on first need) and lives in a directory that user owns.
 Missing binaries fail the tests with a clear message: they are never skipped.
 
-Fixtures: ``postgres_server`` (the process, which ``stop``/``start`` to simulate an outage),
-``postgres_url`` (its admin database), ``postgres_db_url`` (a fresh database per test) and
-``sqlite_url`` (a SQLite file in the test's own temporary directory).
+Fixtures: ``postgres_server`` (the process, which ``stop``/``start`` to simulate an outage, or
+``frozen`` to hang), ``postgres_url`` (its admin database), ``postgres_db_url`` (a fresh
+database per test) and ``sqlite_url`` (a SQLite file in the test's own temporary directory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -115,6 +116,25 @@ class PostgresServer:
         command = [str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
         return subprocess.run(command, check=False).returncode == 0
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """PostgreSQL hung, not dead: the postmaster and every backend stopped (SIGSTOP)
+        with their sockets open, so connects and statements hang instead of failing; they
+        go on (SIGCONT) on exit."""
+        assert self.proc is not None
+        stopped = [self.proc.pid]
+        os.kill(self.proc.pid, signal.SIGSTOP)  # first: it starts no backend from now on
+        try:
+            for pid in _children(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):  # one that just ended
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            yield
+        finally:
+            for pid in reversed(stopped):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT): sessions are cut, as in a real outage, and a restart works."""
         if self.proc is None:
@@ -126,6 +146,20 @@ class PostgresServer:
             self.proc.kill()
             self.proc.wait(timeout=TIMEOUT)
         self.proc = None
+
+
+def _children(parent: int) -> list[int]:
+    """The pids whose parent is ``parent`` (the postmaster's backends and workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rpartition(")")[2].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from tests import wire
 from tests.conftest import RedisServer
-from tests.server import serve
+from tests.server import keepalive_closer, serve
 from tests.util import TIMEOUT
 from wxpush.app import create_app
 from wxpush.callback import Scan
@@ -419,6 +419,24 @@ def test_a_hanging_receiver_still_leaves_the_callback_answered_within_5_s(
     assert (answer.status_code, answer.text) == (200, "success")
     assert elapsed < 5
     assert len(receiver.seen) == 1
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_an_event_on_a_kept_alive_connection_the_receiver_just_dropped_is_forwarded(
+    start: Callable[..., Server], how: Literal["close", "reset"]
+) -> None:
+    """Each event after the first goes out on the connection the one before left open, and
+    the receiver drops it as it arrives (its keep-alive ran out): it is sent again."""
+    xml = b"<xml><Forwarded>yes</Forwarded></xml>"
+    with keepalive_closer(how=how, body=xml, content_type="application/xml") as receiver:
+        server = start(WXPUSH_FORWARD_URL=receiver.url)
+        for n in range(3):
+            answer = server.post(*wire.signed(wire.text_xml(f"hello {n}", msg_id=1000 + n)))
+            assert (answer.status_code, answer.content) == (200, xml)
+    assert [parse_fields(body)["Content"] for body in receiver.answered] == [
+        "hello 0", "hello 1", "hello 2",
+    ]  # fmt: skip
+    assert receiver.dropped == 2
 
 
 def test_an_unreachable_receiver_answers_success(start: Callable[..., Server]) -> None:

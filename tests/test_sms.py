@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.server import serve
+from tests.server import keepalive_closer, serve
 from tests.util import free_port
 from wxpush import sms
 from wxpush.errors import BadGateway, BadRequest, Gone, RateLimited
@@ -384,6 +384,34 @@ async def test_failed_resend_keeps_the_previous_code(
     with pytest.raises(BadGateway):
         await codes.send(PHONE, ip=IP, scope=SCENE)
     await codes.verify(PHONE, first, scope=SCENE)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_kept_alive_connection_the_receiver_just_dropped_costs_no_code(
+    redis: Redis, http: httpx.AsyncClient, clock: Clock, how: Literal["close", "reset"]
+) -> None:
+    """The second code goes out on the connection the first one left open, which the
+    receiver drops as it arrives (its keep-alive ran out): it is sent again on a new one."""
+    other = "+8613900139000"
+    with keepalive_closer(how=how) as closer:
+        codes = codes_with(redis, WebhookProvider(http, closer.url), clock)
+        await codes.send(PHONE, ip=IP, scope=SCENE)
+        await codes.send(other, ip=IP, scope=SCENE)
+        clock.advance(61)
+        await codes.send(PHONE, ip=IP, scope=SCENE)
+    assert [json.loads(body)["phone"] for body in closer.answered] == [PHONE, other, PHONE]
+    assert closer.dropped == 2
+
+
+async def test_a_receiver_that_drops_a_new_connection_is_not_sent_the_code_twice(
+    redis: Redis, http: httpx.AsyncClient, clock: Clock
+) -> None:
+    """Dropped on a connection of its own, the request may have been acted on: a 502, once."""
+    with keepalive_closer(drop="every") as closer:
+        codes = codes_with(redis, WebhookProvider(http, closer.url), clock)
+        with pytest.raises(BadGateway):
+            await codes.send(PHONE, ip=IP, scope=SCENE)
+    assert (closer.dropped, closer.answered) == (1, [])
 
 
 async def test_unreachable_webhook(redis: Redis, http: httpx.AsyncClient, clock: Clock) -> None:

@@ -9,9 +9,14 @@ openid or the same phone at once both try to insert, one insert fails with an
 ``IntegrityError``, and the loser re-reads the winner's rows and resolves from there. So no
 phone and no openid can ever end up with two users, on SQLite or PostgreSQL alike.
 
-An unreachable database becomes :class:`~wxpush.errors.Unavailable` (503) within a second —
-the connect timeout is short and a dead pooled connection is noticed by a pre-ping — and the
-engine reconnects by itself once the database is back.
+An unreachable or hung database becomes :class:`~wxpush.errors.Unavailable` (503) within
+about a second, and the engine goes on by itself once the database is back. Every wait is
+bounded: a connect (:data:`CONNECT_TIMEOUT`), each statement (:data:`COMMAND_TIMEOUT`), the
+queue for a pooled connection (:data:`POOL_TIMEOUT`), SQLite's lock (:data:`SQLITE_BUSY_MS`).
+There is no pre-ping (with asyncpg it is three round trips on every checkout, and on a hung
+server a wait of its own): a pooled connection that the server closed (a restart) is known
+closed without asking and replaced at checkout, and one whose statement timed out is
+dropped at once, without the polite goodbye a hung server would never answer.
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -53,11 +64,12 @@ from wxpush.quickread import UNKNOWN, QuickReader
 logger = logging.getLogger(__name__)
 
 PROVIDER = "wechat_mp"
-# A down database must give a 503 within a second; a healthy one connects in milliseconds.
+# A down or hung database must give a 503 within about a second (and a scan callback must
+# answer well within WeChat's 5 s); a healthy one connects in milliseconds.
 CONNECT_TIMEOUT = 0.8
-COMMAND_TIMEOUT = 5.0  # our statements are point reads and inserts: longer means hung
-POOL_TIMEOUT = 5.0
-SQLITE_BUSY_MS = 5_000  # concurrent SQLite writers queue for this long instead of failing
+COMMAND_TIMEOUT = 1.0  # our statements are point reads and short inserts: longer means hung
+POOL_TIMEOUT = 0.5  # the connections ahead are stuck when the queue does not move for this long
+SQLITE_BUSY_MS = 1_000  # concurrent SQLite writers queue for this long instead of failing
 _ATTEMPTS = 3  # one try, then re-read and resolve after losing a race (twice, to be safe)
 
 metadata = MetaData()
@@ -121,20 +133,39 @@ def open_engine(url: str) -> AsyncEngine:
     options: dict[str, Any] = {}
     if backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+asyncpg")
-        options["pool_pre_ping"] = True  # a restarted server leaves dead pooled connections
         options["pool_timeout"] = POOL_TIMEOUT
         options["connect_args"] = {"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT}
     elif backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            options["pool_timeout"] = POOL_TIMEOUT  # a memory database has a single connection
         options["connect_args"] = {"timeout": SQLITE_BUSY_MS / 1000}
     else:
         raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
     engine = create_async_engine(parsed, **options)
     if backend == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
+        event.listen(engine.sync_engine.pool, "invalidate", _abort)
     return engine
+
+
+def _replace_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """At checkout: a pooled connection the server has closed (a restart or a killed
+    backend; asyncpg saw the socket close) is replaced by a fresh one, with no round trip."""
+    if record.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")  # only this one
+
+
+def _abort(dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
+    """An invalidated connection (a statement timed out on it, or it was cut) is closed at
+    once. SQLAlchemy's own close first asks the server to end the session and waits up to
+    2 s for that, which a hung server never does."""
+    driver = record.driver_connection
+    if driver is not None:
+        driver.terminate()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:

@@ -23,6 +23,7 @@ from typing import Protocol
 import httpx
 from redis.asyncio import Redis
 
+from wxpush import outbound
 from wxpush.errors import BadRequest
 from wxpush.lane import HotCommands, hot_commands
 from wxpush.settings import Account, Settings
@@ -274,7 +275,8 @@ class CallbackService:
         timeout = _remaining(inbound)
         try:
             async with asyncio.timeout(timeout):
-                answer = await self._http.post(
+                answer = await outbound.post(
+                    self._http,
                     target,
                     content=inbound.body,
                     headers={"Content-Type": "text/xml; charset=utf-8"},

@@ -17,6 +17,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
+from wxpush import outbound
 from wxpush.accounts import People, open_engine
 from wxpush.callback import CallbackService, ScanHandler, ignore_scan
 from wxpush.endpoints.ws import SocketCount
@@ -96,7 +97,9 @@ def lifespan(
                 stack.push_async_callback(hot.aclose)
             engine = open_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=HTTP_TIMEOUT))
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=outbound.LIMITS)
+            )
             wechat_http = await stack.enter_async_context(
                 httpx.AsyncClient(timeout=HTTP_TIMEOUT, event_hooks=metrics.http_hooks())  # type: ignore[arg-type]
             )

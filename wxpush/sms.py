@@ -34,6 +34,7 @@ import httpx
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
+from wxpush import outbound
 from wxpush.accounts import mask_phone
 from wxpush.errors import BadGateway, BadRequest, Gone, RateLimited
 from wxpush.settings import Settings
@@ -157,7 +158,9 @@ class WebhookProvider:
     """POSTs ``{"phone", "code", "expires_in"}`` as JSON to a URL; any 2xx means sent.
 
     The receiver bridges to a real SMS vendor. Anything else — another status, a network
-    error, no answer within 5 s — is a 502 for the caller, and the send is not counted.
+    error, no answer within 5 s — is a 502 for the caller, and the send is not counted. A
+    kept-alive connection that the receiver closed just as the code went out on it is no
+    failure: the code goes out again on a new one (see :mod:`wxpush.outbound`).
     """
 
     def __init__(self, http: httpx.AsyncClient, url: str) -> None:
@@ -167,7 +170,9 @@ class WebhookProvider:
     async def send(self, phone: str, code: str, expires_in: int) -> None:
         body = {"phone": phone, "code": code, "expires_in": expires_in}
         try:
-            response = await self._http.post(self._url, json=body, timeout=WEBHOOK_TIMEOUT)
+            response = await outbound.post(
+                self._http, self._url, json=body, timeout=WEBHOOK_TIMEOUT
+            )
         except httpx.HTTPError as exc:
             logger.warning("SMS webhook unreachable for %s: %r", mask_phone(phone), exc)
             raise _sms_failed() from exc
