@@ -17,13 +17,13 @@ lost on the way to a forward.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn, TypeVar
 
 from lxml import etree
 
+from wxpush.wechat.envelope import ENVELOPE
 from wxpush.wechat.errors import ForbiddenDoctypeError, XMLError
 from wxpush.wechat.prolog import utf8_text
 
@@ -65,17 +65,6 @@ _PARSER = _parser()
 # declaration, so it is UTF-8 and an ASCII space is a space in it.
 _TAIL = b" " * 256
 
-# A safe-mode request body is always the same two fields, and the Encrypt text is long enough
-# that lxml spends most of the parse crawling through its CDATA. This pattern accepts only that
-# exact shape: ``<xml>``, a CDATA ToUserName of [A-Za-z0-9_-], a CDATA Encrypt of base64,
-# ``</xml>``, whitespace between. Every document it matches is well-formed XML with no DOCTYPE,
-# no entity and no comment, whose fields are exactly the two groups; anything else, however
-# close, goes to lxml.
-_ENVELOPE = re.compile(
-    rb"<xml>[ \t\r\n]*<ToUserName><!\[CDATA\[([A-Za-z0-9_-]+)\]\]></ToUserName>[ \t\r\n]*"
-    rb"<Encrypt><!\[CDATA\[([A-Za-z0-9+/]+={0,2})\]\]></Encrypt>[ \t\r\n]*</xml>[ \t\r\n]*"
-)
-
 Fields = Mapping[str, str]
 
 
@@ -86,7 +75,7 @@ def parse_fields(data: bytes) -> dict[str, str]:
         ForbiddenDoctypeError: the document carries a DOCTYPE.
         XMLError: the document is not well-formed or its root is not ``<xml>``.
     """
-    envelope = _ENVELOPE.fullmatch(data)  # a safe-mode body (or reply): no tree needed
+    envelope = ENVELOPE.fullmatch(data)  # a safe-mode body (or reply): no tree needed
     if envelope:
         return {"ToUserName": envelope[1].decode(), "Encrypt": envelope[2].decode()}
     # A document whose root element starts at its first byte has no prolog, so nowhere for a
