@@ -58,12 +58,18 @@ _DECL = (
 _NAME = "[A-Za-z_][A-Za-z0-9_.-]*"
 _PROLOG = re.compile(f"(?:{_DECL})?{_S}*")
 _START = re.compile(f"<({_NAME}){_S}*(/?)>")
-_END = re.compile(f"</({_NAME}){_S}*>")
-_CDATA = re.compile(r"<!\[CDATA\[((?:[^\]]|\](?!\]>))*)\]\]>")
-_TEXT = re.compile(r"[^<&]+")
-_REF = re.compile(r"&(lt|gt|amp|quot|apos|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});")
+# One token of content but a CDATA section (found with str.find: its end is the first "]]>"),
+# told apart by the last group it matched: an end tag, a start tag (its last group, "/" or
+# empty, always takes part), character data, a reference.
+_TOKEN = re.compile(
+    rf"</({_NAME}){_S}*>|<({_NAME}){_S}*(/?)>|([^<&]+)"
+    r"|&(lt|gt|amp|quot|apos|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});"
+)
+_END_TAG, _START_TAG, _CHARS, _REFERENCE = 1, 3, 4, 5
 _TAIL = re.compile(f"{_S}*")
-_NOT_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # not an XML Char
+# What XML has no character for: the C0 controls but tab, LF and CR, and U+FFFE and U+FFFF.
+_CONTROLS = bytes(range(32)).translate(None, b"\t\n\r")
+_NONCHARACTERS = ("\ufffe".encode(), "\uffff".encode())
 _PREDEFINED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 
 
@@ -93,6 +99,8 @@ def fields(data: bytes) -> list[tuple[str, str]]:
     """
     text = utf8_text(data).replace("\r\n", "\n").replace("\r", "\n")
     try:
+        if not _xml_characters_only(data):
+            raise XMLError("a character XML does not allow")
         return _read(text)
     except XMLError as exc:
         if has_doctype(text):
@@ -100,9 +108,15 @@ def fields(data: bytes) -> list[tuple[str, str]]:
         raise
 
 
+def _xml_characters_only(data: bytes) -> bool:
+    """Looked for in the (valid UTF-8) bytes, which spell each of them one way only and are
+    faster to scan than text."""
+    if len(data.translate(None, _CONTROLS)) < len(data):
+        return False
+    return not any(nonchar in data for nonchar in _NONCHARACTERS)
+
+
 def _read(text: str) -> list[tuple[str, str]]:
-    if _NOT_CHAR.search(text):
-        raise XMLError("a character XML does not allow")
     prolog = _PROLOG.match(text)
     root = _START.match(text, prolog.end() if prolog else 0)
     if root is None or root[1] != "xml":
@@ -121,50 +135,43 @@ def _content(text: str, pos: int) -> tuple[int, list[tuple[str, str]]]:
     parts: list[str] = []  # the open field's text
     reading = False  # still in that text: the field has had no child element yet
     while open_tags:
-        tag = _START.match(text, pos) if text.startswith("<", pos) else None
-        if tag is not None:  # a start tag, or an empty element
+        if text.startswith("<![CDATA[", pos):
+            end = text.find("]]>", pos + 9)
+            if end < 0:
+                raise XMLError("unterminated CDATA section")
+            if reading:
+                parts.append(text[pos + 9 : end])
+            pos = end + 3
+            continue
+        token = _TOKEN.match(text, pos)
+        if token is None:
+            raise XMLError("malformed envelope")
+        pos, kind = token.end(), token.lastindex or 0
+        if kind == _START_TAG:
             if len(open_tags) >= MAX_DEPTH:
                 raise XMLError("elements nested too deeply")
-            if len(open_tags) == 1 and tag[2]:
-                found.append((tag[1], ""))
+            name, empty = token[2], token[3]
+            if len(open_tags) == 1 and empty:
+                found.append((name, ""))
             elif len(open_tags) == 1:
                 parts, reading = [], True
             else:
                 reading = False
-            if not tag[2]:
-                open_tags.append(tag[1])
-            pos = tag.end()
-            continue
-        if text.startswith("</", pos):
-            end = _END.match(text, pos)
-            if end is None or end[1] != open_tags.pop():
+            if not empty:
+                open_tags.append(name)
+        elif kind == _END_TAG:
+            if token[1] != open_tags.pop():
                 raise XMLError("mismatched end tag")
             if len(open_tags) == 1:
-                found.append((end[1], "".join(parts)))
+                found.append((token[1], "".join(parts)))
             reading = False
-            pos = end.end()
-            continue
-        piece, pos = _piece(text, pos)
-        if reading:
-            parts.append(piece)
+        else:  # character data, checked wherever it stands, kept in a field's text
+            piece = _reference(token[kind]) if kind == _REFERENCE else token[kind]
+            if kind == _CHARS and "]]>" in piece:
+                raise XMLError("']]>' outside a CDATA section")
+            if reading:
+                parts.append(piece)
     return pos, found
-
-
-def _piece(text: str, pos: int) -> tuple[str, int]:
-    """The character data at ``pos`` (a CDATA section, a reference or plain text)."""
-    if text.startswith("<![CDATA[", pos):
-        match = _CDATA.match(text, pos)
-        if match is not None:
-            return match[1], match.end()
-    elif text.startswith("&", pos):
-        match = _REF.match(text, pos)
-        if match is not None:
-            return _reference(match[1]), match.end()
-    elif not text.startswith("<", pos):
-        match = _TEXT.match(text, pos)
-        if match is not None and "]]>" not in match[0]:
-            return match[0], match.end()
-    raise XMLError("malformed envelope")
 
 
 def _reference(name: str) -> str:
