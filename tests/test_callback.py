@@ -469,3 +469,21 @@ def test_redis_down_gives_503_fast_and_the_server_recovers(
 def test_unknown_routes_and_methods_answer_json(server: Server) -> None:
     assert_error(server.client.get("/nope"), 404, "not_found")
     assert_error(server.client.put(PATH), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_told_the_callback_takes_get_and_post(
+    server: Server, method: str
+) -> None:
+    answer = server.client.request(method, PATH)
+    assert_error(answer, 405, "method_not_allowed")
+    assert answer.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_get_head_and_post_still_reach_the_callback(server: Server) -> None:
+    ts, nonce = str(int(time.time())), "77"
+    check = {"signature": sign(wire.TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce,
+             "echostr": "echo-1"}  # fmt: skip
+    assert server.client.get(PATH, params=check).text == "echo-1"
+    assert server.client.head(PATH, params=check).status_code == 200
+    assert server.post(*wire.signed(wire.text_xml("hi"))).status_code == 200

@@ -50,8 +50,7 @@ def create_app(
     metrics = Metrics()
     scene = "/api/v1/scenes/{scene}"
     routes: list[BaseRoute] = [  # WeChat's callbacks are the busiest route: matched first
-        Route("/wechat/{account}/callback", wechat.Callback(), methods=["POST"]),
-        Route("/wechat/{account}/callback", wechat.verify, methods=["GET"]),
+        Route("/wechat/{account}/callback", wechat.Callback(), methods=["GET", "POST"]),
         Route("/api/v1/scenes", scenes.create, methods=["POST"]),
         Route(scene, scenes.read, methods=["GET"]),
         Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),

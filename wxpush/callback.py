@@ -29,14 +29,8 @@ from wxpush.lane import HotCommands, hot_commands
 from wxpush.settings import Account, Settings
 from wxpush.wechat import replies, signature
 from wxpush.wechat.crypto import MessageCrypto
-from wxpush.wechat.errors import XMLError
-from wxpush.wechat.messages import (
-    Message,
-    ScanEvent,
-    SubscribeEvent,
-    parse_fields,
-    parse_message,
-)
+from wxpush.wechat.envelope import encrypt_field
+from wxpush.wechat.messages import Message, ScanEvent, SubscribeEvent, parse_message
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +167,12 @@ class CallbackService:
     # -- decoding ---------------------------------------------------------------------------
 
     def _decode(self, account: Account, inbound: Inbound) -> tuple[Message, bool]:
+        """The message, once its signature holds: nothing of a body is given to the XML
+        parser before then. A plaintext callback's signature covers only the query (a
+        signed query seen once can carry any body until its timestamp goes stale), so its
+        body meets the hardened parser alone; a safe-mode body is checked against
+        ``msg_signature`` first, its ``Encrypt`` read by a grammar that cannot open anything
+        (:mod:`wxpush.wechat.envelope`), and only the decrypted payload is parsed."""
         q, window = inbound.query, self._settings.timestamp_window
         ts, nonce = _param(q, "timestamp"), _param(q, "nonce")
         if q.get("encrypt_type", "raw") != "aes":
@@ -184,10 +184,8 @@ class CallbackService:
                 "This account has no EncodingAESKey configured, so safe mode cannot be used.",
                 code="aes_key_missing",
             )
-        encrypt = parse_fields(inbound.body).get("Encrypt")
-        if not encrypt:
-            raise XMLError("<Encrypt> is missing")
         msg_sig = _param(q, "msg_signature")
+        encrypt = encrypt_field(inbound.body)
         signature.verify(msg_sig, account.token, ts, nonce, encrypt, window=window)
         return parse_message(crypto.decrypt(encrypt)), True
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
+from pathlib import Path
 
 import pytest
 from lxml import etree
 
+from tests import hostile
 from wxpush.wechat.errors import ForbiddenDoctypeError, XMLError
 from wxpush.wechat.messages import (
     _PARSER,
@@ -20,6 +23,7 @@ from wxpush.wechat.messages import (
     Unknown,
     UnsubscribeEvent,
     ViewEvent,
+    _NoExternals,
     parse_fields,
     parse_message,
 )
@@ -509,14 +513,102 @@ def test_billion_laughs_is_refused_fast() -> None:
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
 def test_billion_laughs_in_another_encoding_is_refused_fast(encoding: str) -> None:
-    # The byte scan for "<!DOCTYPE" cannot see a UTF-16/32 document; lxml (entities off) and
-    # libxml2's amplification limit refuse it instead, as malformed XML (also a 400).
+    # The byte scan for "<!DOCTYPE" cannot see a UTF-16/32 document; the encoding check sees
+    # the DOCTYPE in it, and the document never reaches lxml.
     declared = f"version='1.0' encoding='{encoding}'"
     data = _billion_laughs().decode().replace("version='1.0'", declared).encode(encoding)
     start = time.perf_counter()
-    with pytest.raises(XMLError):
+    with pytest.raises(ForbiddenDoctypeError):
         parse_message(data)
     assert time.perf_counter() - start < 0.5
+
+
+# --- other encodings, and DOCTYPEs that name what must never be opened --------------------
+
+HOSTILE_BODY = (
+    "<xml><ToUserName>&e;</ToUserName><FromUserName>o</FromUserName>"
+    "<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>&e;</Content></xml>"
+)
+EVERY_ENCODING = hostile.UTF8 + hostile.FOREIGN
+
+
+@pytest.mark.parametrize("encoding", hostile.UTF8, ids=lambda e: e.name)
+def test_utf8_with_a_declaration_or_bom_is_read(encoding: hostile.Encoding) -> None:
+    msg = parse_message(hostile.document(doc("text", ("Content", "你好")).decode(), encoding))
+    assert isinstance(msg, TextMessage)
+    assert msg.content == "你好"
+
+
+@pytest.mark.parametrize("encoding", hostile.FOREIGN, ids=lambda e: e.name)
+def test_a_message_in_another_encoding_is_bad_xml(encoding: hostile.Encoding) -> None:
+    # WeChat only sends UTF-8; nothing else reaches lxml, which would read the declared one.
+    data = hostile.document(doc("text", ("Content", "hi"), ("MsgId", "1")).decode(), encoding)
+    with pytest.raises(XMLError) as info:
+        parse_message(data)
+    assert type(info.value) is XMLError
+
+
+@pytest.mark.parametrize("kind", sorted(hostile.DTDS))
+@pytest.mark.parametrize("encoding", EVERY_ENCODING, ids=lambda e: e.name)
+def test_a_doctype_is_forbidden_in_every_encoding(encoding: hostile.Encoding, kind: str) -> None:
+    data = hostile.document(HOSTILE_BODY, encoding, hostile.doctype(kind, "file:///etc/passwd"))
+    with pytest.raises(ForbiddenDoctypeError):
+        parse_fields(data)
+
+
+@pytest.mark.parametrize("kind", sorted(hostile.DTDS))
+@pytest.mark.parametrize("encoding", EVERY_ENCODING, ids=lambda e: e.name)
+def test_the_answer_is_the_same_whatever_exists_on_disk(
+    encoding: hostile.Encoding, kind: str, tmp_path: Path
+) -> None:
+    # The issue's oracle: an existing file was answered bad_xml and a missing one
+    # doctype_forbidden, and a FIFO or a terminal froze the parser.
+    with hostile.targets(tmp_path) as targets:
+        documents = {
+            name: hostile.document(HOSTILE_BODY, encoding, hostile.doctype(kind, target))
+            for name, target in targets.items()
+        }
+        answers = {
+            name: hostile.outcome(partial(parse_fields, data), timeout=2)
+            for name, data in documents.items()
+        }
+    assert set(answers.values()) == {
+        "raised ForbiddenDoctypeError: DOCTYPE and entity declarations are not accepted"
+    }, answers
+
+
+@pytest.mark.parametrize("kind", sorted(hostile.DTDS))
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16", "utf-32"])
+def test_the_parser_itself_opens_nothing(codec: str, kind: str, tmp_path: Path) -> None:
+    # Defence in depth, below the refusals: a DOCTYPE handed straight to the parser loads no
+    # DTD and no entity, in any encoding, whatever its name points at.
+    with hostile.targets(tmp_path) as targets:
+        answers = set()
+        for target in targets.values():
+            text = hostile.doctype(kind, target) + "<xml><A>&e;</A></xml>"
+            answers.add(hostile.outcome(partial(_read, text.encode(codec)), timeout=2))
+    assert len(answers) == 1, answers
+    assert "on disk" not in answers.pop()
+
+
+def _read(data: bytes) -> str:
+    root = etree.fromstring(data, _PARSER)
+    return etree.tostring(root, encoding="unicode")
+
+
+@pytest.mark.parametrize("kind", ["system", "public"])
+def test_the_resolver_never_falls_back_to_libxml2s_loader(kind: str, tmp_path: Path) -> None:
+    # A parser told to load DTDs still gets none from the resolver: it refuses rather than
+    # return None, which would hand the name to libxml2's own loader.
+    parser = etree.XMLParser(load_dtd=True, no_network=True)
+    parser.resolvers.add(_NoExternals())
+    with hostile.targets(tmp_path) as targets:
+        documents = [(hostile.doctype(kind, t) + "<xml/>").encode() for t in targets.values()]
+        answers = {
+            hostile.outcome(partial(etree.fromstring, data, parser), timeout=2)
+            for data in documents
+        }
+    assert answers == {"raised ForbiddenDoctypeError: external DTDs and entities are never loaded"}
 
 
 def test_internal_subset_without_doctype_keyword_is_malformed() -> None:

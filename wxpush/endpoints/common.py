@@ -138,6 +138,8 @@ def error_answer(exc: Exception) -> tuple[str, Response]:
     if isinstance(exc, HTTPException):
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
+        if "Allow" in headers:  # Starlette joins a route's methods from a set: in no fixed order
+            headers["Allow"] = ", ".join(sorted(headers["Allow"].split(", ")))
         return code, error_response(exc.status_code, code, str(exc.detail), headers)
     logger.error("unhandled error", exc_info=exc)
     message = "Something went wrong on the server."

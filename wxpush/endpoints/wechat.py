@@ -12,6 +12,7 @@ import time
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import request_response
 from starlette.types import Receive, Scope, Send
 
 from wxpush.callback import CallbackService, Inbound
@@ -35,11 +36,18 @@ async def verify(request: Request) -> Response:
 
 
 class Callback:
-    """The POST as Starlette's route sees it (a plain ASGI app; the path names the account).
-    The app's fast lane calls :func:`handle_post` itself, before any routing."""
+    """The route as Starlette sees it: GET (and HEAD) for the URL check, POST for events.
+    One route for both, so that any other method is answered 405 with an ``Allow`` naming
+    them all. The app's fast lane calls :func:`handle_post` itself, before any routing."""
+
+    def __init__(self) -> None:
+        self._verify = request_response(verify)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await handle_post(scope, receive, send, scope["path_params"]["account"])
+        if scope["method"] == "POST":
+            await handle_post(scope, receive, send, scope["path_params"]["account"])
+        else:  # the route lets through only GET and HEAD besides
+            await self._verify(scope, receive, send)
 
 
 async def handle_post(scope: Scope, receive: Receive, send: Send, account_name: str) -> None:

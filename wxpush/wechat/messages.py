@@ -2,10 +2,13 @@
 
 The parser never resolves entities, loads a DTD or touches the network, and refuses huge
 trees. WeChat never sends a DOCTYPE, so any document carrying one is refused before lxml
-sees it (no XXE, no billion laughs: the refusal costs one substring search). A document that
-starts with its ``<xml>`` root, as WeChat's all do, has no prolog and so no room for a DOCTYPE:
-it skips the search, and "<!DOCTYPE" in its text is just text. The parsed tree's doctype is
-checked too, for encodings the byte search cannot see (UTF-16, UTF-32).
+sees it (no XXE, no billion laughs: the refusal costs one substring search), and so is any
+document not in UTF-8, the only encoding WeChat uses (in any other, a DOCTYPE would not show
+to that search; see :mod:`.prolog`). A document that starts with its ``<xml>`` root, as
+WeChat's all do, is UTF-8 and has no prolog, so no room for a DOCTYPE: it skips both checks,
+and "<!DOCTYPE" in its text is just text. Whatever gets past them still cannot make libxml2
+open anything: the parser reads UTF-8 whatever a document declares, and its resolver refuses
+every external entity or DTD instead of handing it to libxml2's loader.
 
 Messages are built through a registry keyed by ``(MsgType, Event)``; anything not registered
 becomes :class:`Unknown`, which keeps every top-level field, so nothing WeChat adds later is
@@ -14,23 +17,45 @@ lost on the way to a forward.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from lxml import etree
 
+from wxpush.wechat.envelope import ENVELOPE
 from wxpush.wechat.errors import ForbiddenDoctypeError, XMLError
+from wxpush.wechat.prolog import utf8_text
 
-_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    huge_tree=False,
-    collect_ids=False,
-    dtd_validation=False,
-)
+
+class _NoExternals(etree.Resolver):
+    """Refuses every external DTD or entity libxml2 asks for. Returning ``None`` (or
+    ``resolve_empty``) would let lxml fall back to libxml2's own loader, which opens files and
+    FIFOs; an exception stops the parse, and lxml re-raises it from ``fromstring``."""
+
+    def resolve(self, system_url: str, public_id: str, context: object = None) -> NoReturn:
+        raise ForbiddenDoctypeError("external DTDs and entities are never loaded")
+
+
+def _parser() -> etree.XMLParser:
+    # No ``collect_ids=False``: with libxml2 before 2.15, lxml implements it by setting a bit
+    # of libxml2's ``loadsubset``, and a non-zero ``loadsubset`` makes libxml2 load the
+    # external DTD a DOCTYPE names, whatever ``load_dtd`` says. lxml exposes no way to set
+    # XML_PARSE_NO_XXE; the resolver below is what stands in for it.
+    parser = etree.XMLParser(
+        encoding="utf-8",  # never what the document declares: WeChat only sends UTF-8
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        dtd_validation=False,
+        attribute_defaults=False,
+    )
+    parser.resolvers.add(_NoExternals())
+    return parser
+
+
+_PARSER = _parser()
 
 # Within the last 250 bytes of its input, libxml2 (2.14) tries to grow its input buffer on every
 # character it reads, which doubles the cost of a document as small as WeChat's (most of it in
@@ -39,17 +64,6 @@ _PARSER = etree.XMLParser(
 # about 40% faster. Only a document starting ``<xml`` gets the tail: it has no BOM and no XML
 # declaration, so it is UTF-8 and an ASCII space is a space in it.
 _TAIL = b" " * 256
-
-# A safe-mode request body is always the same two fields, and the Encrypt text is long enough
-# that lxml spends most of the parse crawling through its CDATA. This pattern accepts only that
-# exact shape: ``<xml>``, a CDATA ToUserName of [A-Za-z0-9_-], a CDATA Encrypt of base64,
-# ``</xml>``, whitespace between. Every document it matches is well-formed XML with no DOCTYPE,
-# no entity and no comment, whose fields are exactly the two groups; anything else, however
-# close, goes to lxml.
-_ENVELOPE = re.compile(
-    rb"<xml>[ \t\r\n]*<ToUserName><!\[CDATA\[([A-Za-z0-9_-]+)\]\]></ToUserName>[ \t\r\n]*"
-    rb"<Encrypt><!\[CDATA\[([A-Za-z0-9+/]+={0,2})\]\]></Encrypt>[ \t\r\n]*</xml>[ \t\r\n]*"
-)
 
 Fields = Mapping[str, str]
 
@@ -61,7 +75,7 @@ def parse_fields(data: bytes) -> dict[str, str]:
         ForbiddenDoctypeError: the document carries a DOCTYPE.
         XMLError: the document is not well-formed or its root is not ``<xml>``.
     """
-    envelope = _ENVELOPE.fullmatch(data)
+    envelope = ENVELOPE.fullmatch(data)  # a safe-mode body (or reply): no tree needed
     if envelope:
         return {"ToUserName": envelope[1].decode(), "Encrypt": envelope[2].decode()}
     # A document whose root element starts at its first byte has no prolog, so nowhere for a
@@ -70,8 +84,10 @@ def parse_fields(data: bytes) -> dict[str, str]:
     prolog_free = data.startswith(b"<xml")
     if prolog_free:
         data += _TAIL
-    elif b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise ForbiddenDoctypeError("DOCTYPE and entity declarations are not accepted")
+    else:
+        utf8_text(data)  # refuses any other encoding, and a DOCTYPE in it
+        if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+            raise ForbiddenDoctypeError("DOCTYPE and entity declarations are not accepted")
     try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
@@ -80,7 +96,7 @@ def parse_fields(data: bytes) -> dict[str, str]:
         raise XMLError("malformed XML") from exc
     if not prolog_free:
         docinfo: Any = root.getroottree().docinfo  # lxml-stubs type it loosely
-        if docinfo.doctype:  # what the byte search cannot see: a UTF-16 or UTF-32 document
+        if docinfo.doctype:  # defence in depth: the checks above leave none to find
             raise ForbiddenDoctypeError("DOCTYPE is not accepted")
     if root.tag != "xml":
         raise XMLError("root element must be <xml>")
