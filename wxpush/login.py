@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,12 +226,20 @@ class LoginFlow:
         return await self.sms.send(phone, ip=ip, scope=scene_id)
 
     async def bind(self, scene_id: str, phone_raw: str, code: str) -> dict[str, Any]:
-        """Check the code, link or create the person, and answer with the tokens."""
+        """Check the code, link or create the person, and answer with the tokens.
+
+        The code is spent only once the bind has gone through: a wrong one costs a try at
+        once, a right one stays valid through any failure on the way (the database or Redis
+        down: a 503, and the same code works again). The scene's move to ``REG`` is the
+        once-only step: of two binds with the right code, both may link the person (the
+        database keeps them one user), but only one moves the scene and answers with tokens;
+        the other's are revoked and it gets a 409.
+        """
         scene = await self.scenes.require(scene_id, "NOT_REG")
         if not code.isdigit() or len(code) != 6:
             raise BadRequest("The code is the 6 digits sent by SMS.", code="invalid_code")
         phone = normalize_phone(phone_raw)
-        await self.sms.verify(phone, code, scope=scene_id)
+        await self.sms.check(phone, code, scope=scene_id)
         if scene.openid is None:  # pragma: no cover - NOT_REG always keeps the openid
             raise BadRequest("This login has no WeChat identity.", code="scene_state")
         account = self.settings.accounts[scene.account]
@@ -239,6 +248,10 @@ class LoginFlow:
             link_by_phone=self.settings.link_by_phone, login_only=self.settings.login_only,
         )  # fmt: skip
         pair = await self._bound(scene_id, user.id, new)
+        # The scene is no longer NOT_REG, so the code (valid for this scene only) can prove
+        # nothing any more: spending it now is tidiness, and a failure here costs no one.
+        with suppress(RedisError, OSError):
+            await self.sms.consume(phone, code, scope=scene_id)
         self.metrics.transitions.labels("REG").inc()
         return {**status_body("REG"), **pair}
 
