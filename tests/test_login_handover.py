@@ -26,9 +26,11 @@ import pytest
 import redis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests import fakewechat
+from tests.conftest import RedisServer
 from tests.test_login import NEW_OPENID, Site, sms_inbox, start
 from tests.util import TIMEOUT, wait_for
 from wxpush.accounts import People, open_engine
@@ -408,3 +410,42 @@ async def test_a_reader_cancelled_during_the_claim_itself_gives_the_login_back(
         return state
 
     assert has_tokens(await asyncio.wait_for(next_reader(), TIMEOUT))
+
+
+async def test_a_claim_is_given_back_once_redis_is_back(
+    flow: LoginFlow, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    """Redis goes away between the claim and the tokens, so the claim cannot be given back
+    at once; it comes back with its data (a restart that keeps it, a failover): the claim is
+    given back then, and the login is not lost."""
+    scene = await _reg_scene(flow)
+
+    async def issue_as_redis_goes(user_id: str, **options: Any) -> dict[str, Any]:
+        with suppress(redis.ConnectionError):  # it closes our connection as it goes
+            redis_server.client().shutdown(save=True)
+        assert redis_server.proc is not None
+        redis_server.proc.wait(timeout=TIMEOUT)
+        redis_server.proc = None
+        raise RedisConnectionError("Redis connection lost")
+
+    real = flow.tokens.issue
+    monkeypatch.setattr(flow.tokens, "issue", issue_as_redis_goes)
+    try:
+        with pytest.raises(RedisError):
+            await flow.state(scene)
+        monkeypatch.setattr(flow.tokens, "issue", real)
+        await asyncio.to_thread(redis_server.start)  # with the claimed scene on disk
+    finally:
+        (redis_server.workdir / "dump.rdb").unlink(missing_ok=True)
+        if redis_server.proc is None:
+            redis_server.start()
+
+    async def next_reader() -> dict[str, Any]:
+        while True:
+            with suppress(RedisError):
+                if has_tokens(state := await flow.state(scene)):
+                    return state
+            await asyncio.sleep(0.05)
+
+    state = await asyncio.wait_for(next_reader(), TIMEOUT * 2)
+    assert state["user"] == {"id": "u1", "new": False}
