@@ -230,6 +230,52 @@ async def test_concurrent_wrong_guesses_are_all_counted(
         await codes.verify(PHONE, right, scope=SCENE)
 
 
+async def test_a_checked_code_stays_until_it_is_consumed(
+    codes: SmsCodes, receiver: Receiver
+) -> None:
+    await codes.send(PHONE, ip=IP, scope=SCENE)
+    right = receiver.last_code()
+    for _ in range(3):  # the bind it allows failed on the way: it may be tried again
+        await codes.check(PHONE, right, scope=SCENE)
+    with pytest.raises(BadRequest) as caught:  # ...and right checks cost no try
+        await codes.check(PHONE, f"{(int(right) + 1) % 1_000_000:06d}", scope=SCENE)
+    assert caught.value.message == "The code is wrong; 4 tries left."
+    await codes.consume(PHONE, right, scope=SCENE)
+    with pytest.raises(BadRequest) as caught:
+        await codes.check(PHONE, right, scope=SCENE)
+    assert caught.value.code == "no_code"
+
+
+async def test_concurrent_wrong_checks_are_all_counted(codes: SmsCodes, receiver: Receiver) -> None:
+    await codes.send(PHONE, ip=IP, scope=SCENE)
+    right = receiver.last_code()
+    guesses = [f"{(int(right) + n) % 1_000_000:06d}" for n in range(1, 21)] + [right] * 5
+    results = await asyncio.gather(
+        *(codes.check(PHONE, g, scope=SCENE) for g in guesses), return_exceptions=True
+    )
+    wrong = [r for r in results[:20] if isinstance(r, BadRequest) and r.code == "wrong_code"]
+    assert len(wrong) == 5  # right checks between them cost no try
+    assert sum(isinstance(r, Gone) and r.code == "code_spent" for r in results[:20]) == 15
+    assert all(r is None or isinstance(r, Gone) for r in results[20:])
+    with pytest.raises(Gone):
+        await codes.check(PHONE, right, scope=SCENE)
+
+
+async def test_consume_spares_a_newer_code(
+    codes: SmsCodes, receiver: Receiver, clock: Clock
+) -> None:
+    await codes.send(PHONE, ip=IP, scope=SCENE)
+    old = receiver.last_code()
+    await codes.check(PHONE, old, scope=SCENE)
+    clock.advance(61)
+    await codes.send(PHONE, ip=IP, scope=SCENE)
+    new = receiver.last_code()
+    if new == old:  # pragma: no cover - one chance in a million
+        return
+    await codes.consume(PHONE, old, scope=SCENE)  # a late bind with the code it checked
+    await codes.verify(PHONE, new, scope=SCENE)
+
+
 async def test_code_expires(codes: SmsCodes, receiver: Receiver, clock: Clock) -> None:
     await codes.send(PHONE, ip=IP, scope=SCENE)
     clock.advance(300)

@@ -66,7 +66,8 @@ class Waiter:
         self._wake()
 
     def stop(self) -> None:
-        """Its reader is gone (the client left): :meth:`next` answers ``None`` from now on."""
+        """Its reader is gone (the client left) or done waiting (a long-poll's deadline):
+        :meth:`next` answers ``None`` from now on."""
         self.stopped = True
         self._wake()
 

@@ -118,6 +118,7 @@ def lifespan(
                 settings=settings, scenes=SceneStore(redis, hot), people=people, tokens=tokens,
                 sms=sms, wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
             )  # fmt: skip
+            stack.push_async_callback(login.settle)  # before Redis closes
             callbacks = CallbackService(
                 settings, redis=redis, hot=hot, http=http, scan_handler=scan_handler or ignore_scan,
                 once_handler=None if scan_handler else login.on_scan,

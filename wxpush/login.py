@@ -5,27 +5,41 @@ This is the one place that knows the order of a login: a scan resolves a scene t
 gets freshly minted tokens; a new person proves a phone number and the bind answer itself is
 the scene's one claim. It is also the :class:`~wxpush.callback.ScanHandler` the callback
 endpoint hands login scans to.
+
+A claim is taken once, so a claim whose tokens reach no one would lose the login for good.
+Claiming and issuing are therefore one step: if it does not end with the tokens in the
+reader's hands — the issue failed, the reader was cancelled, or (:meth:`LoginFlow.give_back`)
+its socket closed before they could be sent — the tokens are revoked and the claim given back,
+so the next reader of the scene logs in. A claim is never cut short by a waiter's timeout: the
+long-poll stops waiting for news at its deadline, not in the middle of a read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from wxpush.accounts import People
 from wxpush.callback import Claimed, Once, Retried, Scan
 from wxpush.errors import BadRequest, NotFound
 from wxpush.limits import RateLimiter
 from wxpush.metrics import Metrics
-from wxpush.scenes import CODES, Claim, Scene, SceneStore
+from wxpush.scenes import CODES, Scene, SceneStore
 from wxpush.settings import Account, Settings
 from wxpush.sms import SmsCodes, normalize_phone
-from wxpush.tokens import TokenService
+from wxpush.tokens import TokenService, new_family
 from wxpush.wechat.api import WeChatAPI
 
 logger = logging.getLogger(__name__)
+
+GIVE_BACK_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries while Redis is away
+SETTLE_TIMEOUT = 2.0  # how long a shutdown waits for the give-backs still running
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +52,8 @@ class LoginFlow:
     wechat: dict[str, WeChatAPI]
     limiter: RateLimiter
     metrics: Metrics
+    # Give-backs still running (a task must be referenced until it is done).
+    _undoing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     # -- scenes -----------------------------------------------------------------------------
 
@@ -67,9 +83,9 @@ class LoginFlow:
         if heard == "NOT_REG":
             return status_body("NOT_REG")
         if heard == "REG":
-            claim = await self.scenes.claim(scene_id)
-            if claim is not None:
-                return await self._logged_in(claim)
+            login = await self._claim(scene_id)
+            if login is not None:
+                return login
         return await self._state_of(scene_id, await self.scenes.get(scene_id))
 
     async def first_state(self, scene_id: str) -> tuple[dict[str, Any], float]:
@@ -85,13 +101,81 @@ class LoginFlow:
             return {**status_body("LOOP"), "expires_in": scene.expires_in(time.time())}
         if scene.status != "REG":
             return status_body(scene.status)
-        claim = await self.scenes.claim(scene_id)
-        if claim is None:
+        login = await self._claim(scene_id)
+        if login is None:
             return {**status_body("REG"), "claimed": True}
-        return await self._logged_in(claim)
+        return login
 
-    async def _logged_in(self, claim: Claim) -> dict[str, Any]:
-        return {**status_body("REG"), **await self.tokens.issue(claim.user_id, new=claim.new)}
+    async def _claim(self, scene_id: str) -> dict[str, Any] | None:
+        """Claim the scene and issue its tokens; ``None`` when it was claimed already.
+
+        The claim is marked with the family of the tokens it is for, chosen before either
+        call, so that whatever stops this half-way, even before it is known whether the
+        claim went through, is undone exactly: that family revoked, that claim given back.
+        """
+        family = new_family()
+        try:
+            claim = await self.scenes.claim(scene_id, family)
+            if claim is None:
+                return None
+            pair = await self.tokens.issue(claim.user_id, new=claim.new, family=family)
+        except asyncio.CancelledError:  # no answer will carry the tokens
+            self._undo_later(scene_id, family)
+            raise
+        except Exception:
+            await self._undo(scene_id, family)
+            raise
+        return {**status_body("REG"), **pair}
+
+    def give_back(self, scene_id: str, state: dict[str, Any]) -> None:
+        """The login in ``state`` (a :meth:`state` with tokens) could not be handed to its
+        reader — its socket closed first: revoke the tokens and give the claim back, in the
+        background, so that the next reader of the scene logs in."""
+        self._undo_later(scene_id, refresh_token=state["refresh_token"])
+
+    async def settle(self) -> None:
+        """Wait for the give-backs still running (at shutdown, before Redis is closed)."""
+        if self._undoing:
+            await asyncio.wait(set(self._undoing), timeout=SETTLE_TIMEOUT)
+
+    async def _undo(self, scene_id: str, family: str) -> None:
+        """Revoke ``family`` and release its claim now; while Redis is away, keep trying in
+        the background (a claim left taken with no tokens out would lose the login)."""
+        try:
+            await self._revoke_and_release(scene_id, family)
+        except (RedisError, OSError):
+            self._undo_later(scene_id, family, first_delay=GIVE_BACK_RETRIES[0])
+
+    def _undo_later(
+        self, scene_id: str, family: str | None = None, *, refresh_token: str | None = None,
+        first_delay: float = 0.0,
+    ) -> None:  # fmt: skip
+        task = asyncio.ensure_future(
+            self._undo_retrying(scene_id, family, refresh_token, first_delay)
+        )
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
+
+    async def _undo_retrying(
+        self, scene_id: str, family: str | None, refresh_token: str | None, delay: float
+    ) -> None:
+        for retry in (*GIVE_BACK_RETRIES, None):
+            await asyncio.sleep(delay)
+            try:
+                if family is None and refresh_token is not None:
+                    family = await self.tokens.family_of(refresh_token)
+                if family is not None:
+                    await self._revoke_and_release(scene_id, family)
+                return
+            except (RedisError, OSError):
+                if retry is None:
+                    logger.warning("a login that reached no one could not be given back")
+                    return
+                delay = retry
+
+    async def _revoke_and_release(self, scene_id: str, family: str) -> None:
+        await self.tokens.revoke_family(family)
+        await self.scenes.release(scene_id, family)
 
     async def qr_url(self, scene_id: str) -> str:
         scene = await self.scenes.get(scene_id)
@@ -142,12 +226,20 @@ class LoginFlow:
         return await self.sms.send(phone, ip=ip, scope=scene_id)
 
     async def bind(self, scene_id: str, phone_raw: str, code: str) -> dict[str, Any]:
-        """Check the code, link or create the person, and answer with the tokens."""
+        """Check the code, link or create the person, and answer with the tokens.
+
+        The code is spent only once the bind has gone through: a wrong one costs a try at
+        once, a right one stays valid through any failure on the way (the database or Redis
+        down: a 503, and the same code works again). The scene's move to ``REG`` is the
+        once-only step: of two binds with the right code, both may link the person (the
+        database keeps them one user), but only one moves the scene and answers with tokens;
+        the other's are revoked and it gets a 409.
+        """
         scene = await self.scenes.require(scene_id, "NOT_REG")
         if not (code.isascii() and code.isdigit()) or len(code) != 6:
             raise BadRequest("The code is the 6 digits sent by SMS.", code="invalid_code")
         phone = normalize_phone(phone_raw)
-        await self.sms.verify(phone, code, scope=scene_id)
+        await self.sms.check(phone, code, scope=scene_id)
         if scene.openid is None:  # pragma: no cover - NOT_REG always keeps the openid
             raise BadRequest("This login has no WeChat identity.", code="scene_state")
         account = self.settings.accounts[scene.account]
@@ -155,9 +247,28 @@ class LoginFlow:
             account.appid, scene.openid, phone,
             link_by_phone=self.settings.link_by_phone, login_only=self.settings.login_only,
         )  # fmt: skip
-        await self.scenes.mark_bound(scene_id, user_id=user.id, new=new)
+        pair = await self._bound(scene_id, user.id, new)
+        # The scene is no longer NOT_REG, so the code (valid for this scene only) can prove
+        # nothing any more: spending it now is tidiness, and a failure here costs no one.
+        with suppress(RedisError, OSError):
+            await self.sms.consume(phone, code, scope=scene_id)
         self.metrics.transitions.labels("REG").inc()
-        return {**status_body("REG"), **await self.tokens.issue(user.id, new=new)}
+        return {**status_body("REG"), **pair}
+
+    async def _bound(self, scene_id: str, user_id: str, new: bool) -> dict[str, Any]:
+        """Issue the tokens, then move the scene to ``REG`` claimed by them (as :meth:`_claim`,
+        undone if anything stops it half-way)."""
+        family = new_family()
+        try:
+            pair = await self.tokens.issue(user_id, new=new, family=family)
+            await self.scenes.mark_bound(scene_id, user_id=user_id, new=new, mark=family)
+        except asyncio.CancelledError:
+            self._undo_later(scene_id, family)
+            raise
+        except Exception:
+            await self._undo(scene_id, family)
+            raise
+        return pair
 
     def _account(self, name: str | None) -> Account:
         if name is None:

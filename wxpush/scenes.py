@@ -10,9 +10,12 @@ A scene is one login attempt (one QR code, one waiting browser), a Redis hash
 
 Every transition is one Lua script, so two processes can never both move a scene, and the
 token is handed out exactly once: the first reader of an unclaimed ``REG`` scene flips
-``claimed`` and only then are tokens minted (no token is ever stored). Each change is
-PUBLISHed on ``wxpush:scene:{id}`` with the new status only — no secret crosses pub/sub; a
-waiter that hears it reads (and claims) from the store.
+``claimed`` and only then are tokens minted (no token is ever stored). The claim is marked
+with the refresh-token family it is for, so a claim whose tokens never reached anyone (the
+reader left, or the issue failed) is given back by its own claimer only — ``claimed`` again
+``0``, for the next reader. Each change is PUBLISHed on ``wxpush:scene:{id}`` with the new
+status only — no secret crosses pub/sub; a waiter that hears it reads (and claims) from the
+store.
 """
 
 from __future__ import annotations
@@ -60,13 +63,23 @@ if once then redis.call('SET', once, ARGV[7], 'EX', ARGV[6]) end
 return 'OK'
 """
 
-# KEYS[1] scene. Returns {user_id, new} to the one caller that claims, else the status.
+# KEYS[1] scene; ARGV[1] the claim's mark (the family of the tokens it is for). Returns
+# {user_id, new} to the one caller that claims, else the status.
 _CLAIM = """
 local s = redis.call('HMGET', KEYS[1], 'status', 'claimed', 'user_id', 'new')
 if s[1] ~= 'REG' then return s[1] or false end
 if s[2] == '1' then return 'CLAIMED' end
-redis.call('HSET', KEYS[1], 'claimed', '1')
+redis.call('HSET', KEYS[1], 'claimed', '1', 'claim', ARGV[1])
 return {s[3], s[4]}
+"""
+
+# KEYS[1] scene; ARGV[1] the mark of the claim to give back. Only that claim is undone (a
+# scene gone meanwhile is not brought back).
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'claimed', '0')
+redis.call('HDEL', KEYS[1], 'claim')
+return 1
 """
 
 
@@ -123,6 +136,7 @@ class SceneStore:
         self._clock = clock
         self._move = self._hot.register_script(_MOVE)
         self._claim = self._hot.register_script(_CLAIM)
+        self._release = self._hot.register_script(_RELEASE)
 
     async def create(self, account: str, expire_seconds: int, make_qr: QRMaker) -> Scene:
         """Create a scene and its temporary QR code (``scene_str = login:{id}``)."""
@@ -170,20 +184,29 @@ class SceneStore:
         fields = {"openid": openid, "user_id": user_id, "new": _flag(new)}
         return await self._transition(scene_id, "LOOP", "REG", account, fields, once)
 
-    async def mark_bound(self, scene_id: str, *, user_id: str, new: bool) -> None:
-        """NOT_REG → REG, already claimed: the bind answer carries the tokens itself."""
-        fields = {"user_id": user_id, "new": _flag(new), "claimed": "1"}
+    async def mark_bound(self, scene_id: str, *, user_id: str, new: bool, mark: str) -> None:
+        """NOT_REG → REG, already claimed (with ``mark``, as :meth:`claim`): the bind answer
+        carries the tokens itself."""
+        fields = {"user_id": user_id, "new": _flag(new), "claimed": "1", "claim": mark}
         moved = await self._transition(scene_id, "NOT_REG", "REG", "", fields)
         if not moved:
             raise Conflict("This login was already completed.", code="scene_state")
 
-    async def claim(self, scene_id: str) -> Claim | None:
-        """Claim a REG scene's login once; ``None`` for every later reader (or another state)."""
-        result = await self._claim(keys=[_key(scene_id)])
+    async def claim(self, scene_id: str, mark: str) -> Claim | None:
+        """Claim a REG scene's login once; ``None`` for every later reader (or another state).
+
+        ``mark`` (the family of the tokens the claim is for) is what :meth:`release` takes.
+        """
+        result = await self._claim(keys=[_key(scene_id)], args=[mark])
         if isinstance(result, list):
             user_id, new = (v.decode() for v in result)
             return Claim(user_id, new == "1")
         return None
+
+    async def release(self, scene_id: str, mark: str) -> None:
+        """Give back the claim made with ``mark``, if it is the scene's: the next reader
+        claims again. A claim that was never taken (or another's) is left as it is."""
+        await self._release(keys=[_key(scene_id)], args=[mark])
 
     async def require(self, scene_id: str, status: Status) -> Scene:
         """The scene if it is in ``status``: 404 unknown-but-plausible never; 410 expired."""

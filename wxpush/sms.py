@@ -10,9 +10,11 @@ Everything lives in Redis, shared by every process:
   times) for the per-day-per-phone and per-hour-per-IP limits. A sliding log is exact where a
   fixed window would let twice the limit through across a boundary, and the logs stay tiny.
 
-Checking and consuming the limits is one Lua script, and so is a verification, so that
+Checking and consuming the limits is one Lua script, and so is a check of a code, so that
 concurrent requests can neither exceed a limit nor get more than ``sms_max_tries`` guesses.
-A send whose provider fails gives its reservation back: the person may retry at once.
+A send whose provider fails gives its reservation back: the person may retry at once. A right
+code is spent only by :meth:`SmsCodes.consume`, once what it proves has been put to use (a
+phone bound): a bind that fails on the way (the database is down) leaves the code as it was.
 
 The digest is an HMAC keyed with the accounts' secrets: a bare hash of a six-digit code falls
 to a million guesses, so a copy of Redis alone must not reveal live codes. Codes and full phone
@@ -88,17 +90,25 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return 0
 """
 
-# KEYS: the code. ARGV: digest, now_ms. Answers {verdict, tries left}.
+# KEYS: the code. ARGV: digest, now_ms, '1' to spend a right code ('0' to keep it). Answers
+# {verdict, tries left}; a wrong code costs a try.
 _VERIFY = """
 local code = redis.call('HMGET', KEYS[1], 'digest', 'left', 'exp')
 if not code[1] then return {'none', 0} end
 if tonumber(code[3]) <= tonumber(ARGV[2]) then return {'expired', 0} end
 if tonumber(code[2]) <= 0 then return {'spent', 0} end
 if code[1] == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+  if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
   return {'ok', 0}
 end
 return {'wrong', redis.call('HINCRBY', KEYS[1], 'left', -1)}
+"""
+
+# KEYS: the code. ARGV: digest. Spends the code only if it is still this one (not a newer
+# code sent meanwhile).
+_CONSUME = """
+if redis.call('HGET', KEYS[1], 'digest') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -211,6 +221,7 @@ class SmsCodes:
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
         self._verify = redis.register_script(_VERIFY)
+        self._consume = redis.register_script(_CONSUME)
 
     async def send(self, phone: str, *, ip: str, scope: str) -> int:
         """Send a fresh code to ``phone`` (E.164) for ``scope``; return seconds until a resend.
@@ -238,17 +249,34 @@ class SmsCodes:
         return s.sms_interval
 
     async def verify(self, phone: str, code: str, *, scope: str) -> None:
-        """Accept the code once; count a wrong one against the tries left.
+        """Accept the code once (:meth:`check`, then spent at once)."""
+        await self._try(phone, code, scope, spend=True)
+
+    async def check(self, phone: str, code: str, *, scope: str) -> None:
+        """Check the code without spending it; a wrong one costs one of the tries left.
+
+        The caller spends a right code with :meth:`consume` once it has done what the code
+        allows; until then the code stays valid (a failure on the way costs the person
+        nothing).
 
         Raises :class:`BadRequest` (``wrong_code``, ``no_code``, ``invalid_code``) or
         :class:`Gone` (``code_spent`` after too many wrong tries, ``code_expired``).
         """
+        await self._try(phone, code, scope, spend=False)
+
+    async def consume(self, phone: str, code: str, *, scope: str) -> None:
+        """Spend a code that :meth:`check` accepted (if no newer code replaced it)."""
+        digest = self._digest(phone, scope, code.strip())
+        await self._consume(keys=[_code_key(phone, scope)], args=[digest])
+
+    async def _try(self, phone: str, code: str, scope: str, *, spend: bool) -> None:
         code = code.strip()
         if len(code) != CODE_DIGITS or not (code.isascii() and code.isdigit()):
             raise BadRequest("The code is the 6 digits sent by SMS.", code="invalid_code")
         digest = self._digest(phone, scope, code)
         keys = [_code_key(phone, scope)]
-        verdict, left = await self._verify(keys=keys, args=[digest, self._now_ms()])
+        args = [digest, self._now_ms(), "1" if spend else "0"]
+        verdict, left = await self._verify(keys=keys, args=args)
         _check_verdict(_text(verdict), int(left))
 
     async def _store(self, phone: str, scope: str, code: str, now: int) -> None:

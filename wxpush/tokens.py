@@ -236,10 +236,14 @@ class TokenService:
         entry = {**_public_jwk(self._public), "kid": self.kid, "alg": "ES256", "use": "sig"}
         return {"keys": [entry]}
 
-    async def issue(self, user_id: str, *, new: bool) -> dict[str, Any]:
-        """Start a login: an access token and the first refresh token of a new family."""
+    async def issue(self, user_id: str, *, new: bool, family: str | None = None) -> dict[str, Any]:
+        """Start a login: an access token and the first refresh token of a new family.
+
+        ``family`` (from :func:`new_family`) is for a caller that must be able to revoke the
+        login before it knows whether this call went through (:meth:`revoke_family`).
+        """
         refresh_token = secrets.token_urlsafe(32)
-        family = secrets.token_urlsafe(16)
+        family = family or new_family()
         digest = _digest(refresh_token)
         ttl = self._settings.refresh_token_ttl
         keys = [_token_key(digest), _family_key(family)]
@@ -275,9 +279,19 @@ class TokenService:
 
     async def logout(self, refresh_token: str) -> None:
         """Revoke the family of ``refresh_token``; an unknown token is not an error."""
-        family = await self._redis.hget(_token_key(_digest(refresh_token)), "family")
+        family = await self.family_of(refresh_token)
         if family is not None:
-            await self._redis.delete(_family_key(_text(family)))
+            await self.revoke_family(family)
+
+    async def family_of(self, refresh_token: str) -> str | None:
+        """The family of a refresh token, or ``None`` for an unknown one."""
+        family = await self._redis.hget(_token_key(_digest(refresh_token)), "family")
+        return None if family is None else _text(family)
+
+    async def revoke_family(self, family: str) -> None:
+        """End a login: none of its refresh tokens works any more (one ``DEL``; a family
+        that never existed is not an error)."""
+        await self._redis.delete(_family_key(family))
 
     def verify(self, access_token: str) -> Claims:
         """Check signature, algorithm, ``kid``, audience, issuer and lifetime.
@@ -338,6 +352,11 @@ class TokenService:
         }
         headers = {"kid": self.kid}
         return jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers=headers)
+
+
+def new_family() -> str:
+    """A fresh refresh-token family id (not a secret: a token of the family is needed to use it)."""
+    return secrets.token_urlsafe(16)
 
 
 def _digest(refresh_token: str) -> str:

@@ -119,20 +119,26 @@ async def wait(request: Request) -> JSONResponse:
 
 
 async def _first_settled(request: Request, seconds: int) -> dict[str, Any]:
+    """The first state that is not ``LOOP``, or the latest one after ``seconds``.
+
+    The deadline stops the waiting (the waiter hears no more), never a read under way: a
+    read that has just claimed the scene is issuing its tokens, and cutting it short would
+    lose the login. Such a read finishes and is the answer.
+    """
     flow, hub = _flow(request), request.state.hub
     latest: dict[str, Any] = {"status": "LOOP", "code": 2}
     async with (
         hub.waiter(request.path_params["scene"]) as waiter,
         aclosing(watch(flow, waiter)) as states,
     ):
+        deadline = asyncio.get_running_loop().call_later(seconds, waiter.stop)
         try:
-            async with asyncio.timeout(seconds):
-                async for state, _ in states:
-                    latest = state
-                    if state["status"] != "LOOP":
-                        break
-        except TimeoutError:
-            pass
+            async for state, _ in states:
+                latest = state
+                if state["status"] != "LOOP":
+                    break
         except OverflowError:
             pass  # cannot happen with one read per message; answer what we have
+        finally:
+            deadline.cancel()
     return latest

@@ -113,7 +113,8 @@ async def _push(send: Send, waiter: Waiter, flow: LoginFlow, metrics: Metrics) -
     try:
         async with aclosing(watch(flow, waiter)) as states:
             async for state, published in states:
-                await send({"type": "websocket.send", "text": _compact(state)})
+                if not await _deliver(send, waiter, flow, state):
+                    return NORMAL, ""  # the client left: there is no one to close for
                 if published is not None:
                     metrics.push_latency.observe(max(0.0, time.time() - published))
     except OverflowError:
@@ -123,6 +124,24 @@ async def _push(send: Send, waiter: Waiter, flow: LoginFlow, metrics: Metrics) -
     except (RedisError, OSError):
         return TRY_AGAIN, "redis_unavailable"
     return NORMAL, ""
+
+
+async def _deliver(send: Send, waiter: Waiter, flow: LoginFlow, state: dict[str, Any]) -> bool:
+    """Send one state; ``False`` when the client has left. A login (a state with tokens)
+    that cannot be sent — the client left while it was being claimed — is given back, so the
+    scene's next reader gets it instead of no one."""
+    if "refresh_token" not in state:
+        await send({"type": "websocket.send", "text": _compact(state)})
+        return True
+    if waiter.stopped:
+        flow.give_back(waiter.scene_id, state)
+        return False
+    try:
+        await send({"type": "websocket.send", "text": _compact(state)})
+    except (OSError, RuntimeError):  # closed under us (ClientDisconnected is an OSError)
+        flow.give_back(waiter.scene_id, state)
+        raise
+    return True
 
 
 async def _until_disconnect(receive: Receive, waiter: Waiter) -> None:
