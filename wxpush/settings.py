@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from wxpush import origins
 from wxpush.store import MAX_CONNECTIONS, MIN_CONNECTIONS
 from wxpush.wechat.crypto import decode_aes_key
 
@@ -99,11 +100,15 @@ def _database_url(raw: str) -> str:
 
 
 def _origins(raw: str) -> tuple[str, ...]:
+    """Origins in the form browsers send them (see :func:`.origins.canonical`), or ``*``."""
     items = tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
+    canonical: list[str] = []
     for item in items:
-        if item != "*" and not urlsplit(item).netloc:
+        origin = "*" if item == "*" else origins.canonical(item)
+        if origin is None:
             raise ValueError(f"{item!r} is not an origin like https://example.com")
-    return items
+        canonical.append(origin)
+    return tuple(canonical)
 
 
 def _sms_provider(raw: str) -> SmsProvider:

@@ -9,11 +9,11 @@ import time
 from collections import Counter
 from contextlib import aclosing, suppress
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
+from wxpush import origins
 from wxpush.errors import WxpushError, error_response
 from wxpush.hub import Hub, Waiter
 from wxpush.login import LoginFlow
@@ -25,19 +25,6 @@ logger = logging.getLogger(__name__)
 
 NORMAL, TRY_AGAIN = 1000, 1013
 OVERLOADED = 1008  # policy violation: the client stopped reading
-
-
-def origin_allowed(settings: Settings, origin: str | None, host: str | None) -> bool:
-    """Apps and TVs send no Origin; browsers may come from our own origin or a listed one."""
-    if origin is None:
-        return True
-    allowed = settings.allowed_origins
-    if "*" in allowed or origin.rstrip("/") in allowed:
-        return True
-    own = {urlsplit(settings.public_url).netloc} if settings.public_url else set()
-    if host:
-        own.add(host)
-    return urlsplit(origin).netloc in own
 
 
 class SocketCount:
@@ -69,7 +56,7 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str
     settings: Settings = state["settings"]
     if (await receive())["type"] != "websocket.connect":
         return  # the client left during the handshake
-    if not origin_allowed(settings, *_origin_and_host(scope)):
+    if not origins.allowed(settings, _origin(scope), scope):
         await _deny(scope, send, 403, "origin_not_allowed", "This origin may not open sockets.")
         return
     ip = scope["client"][0] if scope.get("client") else "unknown"
@@ -137,12 +124,11 @@ def _compact(state: dict[str, Any]) -> str:
     return json.dumps(state, separators=(",", ":"), ensure_ascii=False)
 
 
-def _origin_and_host(scope: Scope) -> tuple[str | None, str | None]:
-    found: dict[bytes, str] = {}
+def _origin(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name in (b"origin", b"host"):
-            found[name] = value.decode("latin-1")
-    return found.get(b"origin"), found.get(b"host")
+        if name == b"origin":
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def no_such_socket(scope: Scope, receive: Receive, send: Send) -> None:
