@@ -135,9 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
         server_header=False,
         timeout_keep_alive=args.keep_alive,
+        **server_options(settings),
         **websocket_options(args.ws_ping_interval),
     )
     return 0
@@ -146,18 +146,32 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wxpush.sandbox.demo import demo_app
+    from wxpush.sandbox.demo import demo_app, demo_settings
 
-    app, url = demo_app(args.host, args.port)
+    settings = demo_settings(args.host, args.port)
+    app, url = demo_app(settings)
     print(f"wxpush demo: open {url}/ (sandbox phone, console SMS)", flush=True)
     if url.startswith("http://127.0.0.1") and args.host != "127.0.0.1":
         print("wxpush demo: for phones on the LAN, set WXPUSH_PUBLIC_URL=http://<this host's "
               f"LAN address>:{args.port} so the QR code points at it", flush=True)  # fmt: skip
     uvicorn.run(
         app, host=args.host, port=args.port, log_level="warning", server_header=False,
-        timeout_keep_alive=KEEP_ALIVE, **websocket_options(),
+        timeout_keep_alive=KEEP_ALIVE, **server_options(settings), **websocket_options(),
     )  # fmt: skip
     return 0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy settings, from ours.
+
+    Forwarded headers are believed only from ``WXPUSH_TRUSTED_PROXIES`` (uvicorn's default
+    trusts 127.0.0.1, so anyone on the machine, or a local tunnel, could name any address
+    and reset every per-IP limit).
+    """
+    return {
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies),
+    }
 
 
 def _keygen(args: argparse.Namespace) -> int:

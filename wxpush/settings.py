@@ -14,6 +14,7 @@ WeChat accounts come either from the ``WXPUSH_APPID``/``WXPUSH_APPSECRET``/``WXP
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -111,6 +112,23 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(canonical)
 
 
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses (``10.0.0.1``) and networks (``10.0.0.0/8``), the way uvicorn's
+    ``forwarded_allow_ips`` reads them; anything else would be silently matched as a literal
+    string there, and never trusted, so it is refused here."""
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    return tuple(_proxy(item) for item in items)
+
+
+def _proxy(item: str) -> str:
+    if item == "*":
+        raise ValueError("'*' would take any client's word for its address; name the proxies")
+    try:
+        return str(ipaddress.ip_network(item) if "/" in item else ipaddress.ip_address(item))
+    except ValueError:
+        raise ValueError(f"{item!r} is not an IP address or network like 10.0.0.0/8") from None
+
+
 def _sms_provider(raw: str) -> SmsProvider:
     if raw.strip() not in {"console", "webhook"}:
         raise ValueError("must be console or webhook")
@@ -177,6 +195,7 @@ class Settings:
     )
     public_url: str | None = _setting("WXPUSH_PUBLIC_URL", _url)
     allowed_origins: tuple[str, ...] = _setting("WXPUSH_ALLOWED_ORIGINS", _origins, ())
+    trusted_proxies: tuple[str, ...] = _setting("WXPUSH_TRUSTED_PROXIES", _proxies, ())
     qr_expire_seconds: int = _setting("WXPUSH_QR_EXPIRE_SECONDS", _positive_int, 300)
     jwt_key_file: str = _setting("WXPUSH_JWT_KEY_FILE", _str, "wxpush-jwt-key.pem")
     jwt_secret: str | None = _setting("WXPUSH_JWT_SECRET", _str, secret=True)

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from wxpush import origins
+from wxpush.endpoints.common import client_host
 from wxpush.errors import WxpushError, error_response
 from wxpush.hub import Hub, Waiter
 from wxpush.login import LoginFlow
@@ -59,7 +60,7 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str
     if not origins.allowed(settings, _origin(scope), scope):
         await _deny(scope, send, 403, "origin_not_allowed", "This origin may not open sockets.")
         return
-    ip = scope["client"][0] if scope.get("client") else "unknown"
+    ip = client_host(scope)
     sockets: SocketCount = state["sockets"]
     if not sockets.take(ip, settings.sockets_per_ip):
         await _deny(

@@ -43,9 +43,13 @@ def demo_settings(host: str, port: int) -> Settings:
     return Settings.from_env({**defaults, **dotenv, **os.environ, **forced}, dotenv=None)
 
 
-def demo_app(host: str, port: int) -> tuple[Starlette, str]:
-    """The demo app and the URL to open in a browser."""
-    settings = demo_settings(host, port)
+def demo_app(settings: Settings) -> tuple[Starlette, str]:
+    """The demo app on :func:`demo_settings`, and the URL to open in a browser.
+
+    Unless ``WXPUSH_PUBLIC_URL`` is set, the page's sockets are checked against the address
+    the demo listens on (and ``localhost`` for a loopback one): the page works from the
+    printed URL, from ``localhost`` and from a LAN address the demo is bound to.
+    """
     static = STATIC_DIR if STATIC_DIR.is_dir() else Path.cwd() / "static"
     base = settings.wechat_api_base.removesuffix("/sandbox")
     return create_app(settings, static_dir=static), settings.public_url or base
