@@ -129,6 +129,16 @@ def _proxy(item: str) -> str:
         raise ValueError(f"{item!r} is not an IP address or network like 10.0.0.0/8") from None
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _sms_provider(raw: str) -> SmsProvider:
     if raw.strip() not in {"console", "webhook"}:
         raise ValueError("must be console or webhook")
@@ -229,7 +239,7 @@ class Settings:
     sms_per_hour_per_ip: int = _setting("WXPUSH_SMS_PER_HOUR_PER_IP", _positive_int, 20)
     scenes_per_minute_per_ip: int = _setting("WXPUSH_SCENES_PER_MINUTE_PER_IP", _positive_int, 120)
     sockets_per_ip: int = _setting("WXPUSH_SOCKETS_PER_IP", _positive_int, 50)
-    log_level: str = _setting("WXPUSH_LOG_LEVEL", _str, "INFO")
+    log_level: str = _setting("WXPUSH_LOG_LEVEL", _log_level, "info")
 
     @property
     def embedded_redis(self) -> bool:

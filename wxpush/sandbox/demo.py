@@ -36,6 +36,7 @@ def demo_settings(host: str, port: int) -> Settings:
         "WXPUSH_DATABASE_URL": "sqlite+aiosqlite:///wxpush-demo.db",
         "WXPUSH_SMS_PROVIDER": "console",
         "WXPUSH_JWT_KEY_FILE": "wxpush-demo-jwt.pem",
+        "WXPUSH_LOG_LEVEL": "warning",
     }
     netloc = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
     forced = {"WXPUSH_SANDBOX": "1", "WXPUSH_WECHAT_API_BASE": f"http://{netloc}/sandbox"}
