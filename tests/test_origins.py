@@ -139,6 +139,18 @@ def test_origins_are_compared_as_browsers_send_them() -> None:
         assert origins.canonical(bad) is None, bad
 
 
+def test_the_own_origin_of_an_ipv4_client_on_a_dual_stack_socket() -> None:
+    env = {"WXPUSH_APPID": "wx0123456789abcdef", "WXPUSH_APPSECRET": "s", "WXPUSH_TOKEN": "tok123"}
+    settings = Settings.from_env(env, dotenv=None)
+    mapped = {"server": ("::ffff:192.0.2.5", 8000), "scheme": "ws"}
+    assert origins.own(settings, mapped) == {"http://192.0.2.5:8000"}
+    loopback = {"server": ("::ffff:127.0.0.1", 443), "scheme": "wss"}
+    assert origins.own(settings, loopback) == {"https://127.0.0.1", "https://localhost"}
+    assert origins.own(settings, {"server": ("::1", 80), "scheme": "ws"}) == {
+        "http://[::1]", "http://localhost",
+    }  # fmt: skip
+
+
 def test_allowed_origins_are_stored_in_that_form() -> None:
     env = {"WXPUSH_APPID": "wx0123456789abcdef", "WXPUSH_APPSECRET": "s", "WXPUSH_TOKEN": "tok123"}
     settings = Settings.from_env(

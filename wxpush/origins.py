@@ -44,11 +44,14 @@ def own(settings: Settings, scope: Scope) -> set[str]:
         return set()
     scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
     host, port = str(server[0]), int(server[1])
-    found = {text(scheme, host, port)}
     with suppress(ValueError):
-        if ipaddress.ip_address(host).is_loopback:
-            found.add(text(scheme, "localhost", port))
-    return found
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # an IPv4 client of a dual-stack socket (--host ::)
+        host = str(address)
+        if address.is_loopback:
+            return {text(scheme, host, port), text(scheme, "localhost", port)}
+    return {text(scheme, host, port)}
 
 
 def canonical(url: str) -> str | None:
