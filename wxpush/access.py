@@ -7,8 +7,11 @@ writes the route template instead: ``GET /api/v1/scenes/{scene}/wait``,
 ``POST /wechat/{account}/callback``. Never a path as sent, never a query string.
 
 The line is ``client method route status duration``, at INFO on the ``wxpush.access``
-logger; a WebSocket's method is ``WS``, its status 101 once accepted, and its line is written
-when the socket ends (the duration is its lifetime).
+logger. An HTTP request's line is written by :func:`logged`, a wrapper around the app. A
+WebSocket's is written by its handler (:mod:`.endpoints.ws`) with :func:`write`: a waiting
+socket lives for minutes, tens of thousands at a time, and the wrapper's frame and closure
+would cost each one about 0.5 KiB. Its method is ``WS``, its status 101 once accepted (the
+line is written when it ends; the duration is its lifetime) or the status it was refused with.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ logger = logging.getLogger("wxpush.access")
 
 ROUTE = "wxpush.route"  # the scope key naming the route of a request that skips the router
 NO_ROUTE = "-"  # nothing matched: the path is not written, it may hold a mistyped secret
-_STATUS = {"websocket.accept": 101, "websocket.close": 403}  # a close before accept is a 403
 
 
 def enabled() -> bool:
@@ -33,19 +35,26 @@ def enabled() -> bool:
 
 
 async def logged(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """Run ``app`` on an HTTP request or a WebSocket, then write its access line."""
+    """Run ``app`` on an HTTP request, then write its access line (status ``-``: the client
+    left before an answer)."""
     started = time.perf_counter()
     status = 0
 
     async def sending(message: Message) -> None:
         nonlocal status
-        if not status:
-            status = message.get("status") or _STATUS.get(message["type"], 0)
+        if message["type"] == "http.response.start":
+            status = message["status"]
         await send(message)
 
     try:
         await app(scope, receive, sending)
     finally:
+        write(scope, status, started)
+
+
+def write(scope: Scope, status: int, started: float) -> None:
+    """The access line of ``scope``, served since ``started`` (``time.perf_counter()``)."""
+    if logger.isEnabledFor(logging.INFO):
         logger.info(
             "%s %s %s %s %.1fms",
             client_host(scope),

@@ -95,13 +95,13 @@ class App(Starlette):
     ``WS /ws/v1/scenes/{scene}`` (SPEC §3) is the one WebSocket route. A waiting socket lives
     for minutes and there may be tens of thousands, so it keeps no routing or middleware
     frames alive (CORS does not apply to WebSockets; origins are checked by the handler).
-    WeChat's callback POST, the busiest request, skips the routing too. Every request and
-    socket, these included, passes through the access log (:mod:`wxpush.access`: one frame,
-    and only while INFO is on).
+    WeChat's callback POST, the busiest request, skips the routing too. Every HTTP request,
+    the callback included, passes through the access log's wrapper (:mod:`wxpush.access`: one
+    frame, and only while INFO is on); sockets write their own line.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan" and access.enabled():
+        if scope["type"] == "http" and access.enabled():
             await access.logged(self._dispatch, scope, receive, send)
         else:
             await self._dispatch(scope, receive, send)

@@ -13,7 +13,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from wxpush import origins
+from wxpush import access, origins
 from wxpush.endpoints.common import client_host
 from wxpush.errors import WxpushError, error_response
 from wxpush.hub import Hub, Waiter
@@ -51,21 +51,24 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str
 
     A waiting socket lives for minutes and there may be tens of thousands: it holds no
     Starlette request object, middleware or routing frames, and one task besides its own
-    (reading the client, so that a departure is noticed at once).
+    (reading the client, so that a departure is noticed at once). For the same reason it
+    writes its own access line (when it ends, or when refused) instead of living inside the
+    access log's wrapper.
     """
+    started = time.perf_counter()
     state = scope["state"]
     settings: Settings = state["settings"]
     if (await receive())["type"] != "websocket.connect":
         return  # the client left during the handshake
     if not origins.allowed(settings, _origin(scope), scope):
-        await _deny(scope, send, 403, "origin_not_allowed", "This origin may not open sockets.")
+        message = "This origin may not open sockets."
+        await _deny(scope, send, started, 403, "origin_not_allowed", message)
         return
     ip = client_host(scope)
     sockets: SocketCount = state["sockets"]
     if not sockets.take(ip, settings.sockets_per_ip):
-        await _deny(
-            scope, send, 429, "too_many_sockets", "Too many open sockets from this address."
-        )
+        message = "Too many open sockets from this address."
+        await _deny(scope, send, started, 429, "too_many_sockets", message)
         return
     metrics: Metrics = state["metrics"]
     metrics.waiters.labels("websocket").inc()
@@ -75,6 +78,7 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str
     finally:
         metrics.waiters.labels("websocket").dec()
         sockets.release(ip)
+        access.write(scope, 101, started)
 
 
 async def _serve(
@@ -134,12 +138,17 @@ def _origin(scope: Scope) -> str | None:
 
 async def no_such_socket(scope: Scope, receive: Receive, send: Send) -> None:
     """A WebSocket handshake on any other path: 404, in the same JSON as every error."""
+    started = time.perf_counter()
     if (await receive())["type"] == "websocket.connect":
-        await _deny(scope, send, 404, "not_found", "There is no WebSocket at this path.")
+        message = "There is no WebSocket at this path."
+        await _deny(scope, send, started, 404, "not_found", message)
 
 
-async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+async def _deny(
+    scope: Scope, send: Send, started: float, status: int, code: str, message: str
+) -> None:
     """Refuse the handshake with the JSON error answer (or close 1008 where the server cannot)."""
+    access.write(scope, status, started)
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": OVERLOADED})
         return
