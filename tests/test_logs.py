@@ -155,13 +155,14 @@ def test_a_socket_refused_is_logged_by_its_route(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_wxpush_messages_follow_the_log_level(cluster: Cluster, workers: str) -> None:
-    server = cluster.start_server("--workers", workers, WXPUSH_LOG_LEVEL="INFO")
-    wait_for(lambda: server.log().count("wxpush ready: accounts default") == int(workers))
-    assert "wxpush.lifespan: wxpush ready" in server.log()
+    # first, so that the database's tables exist before two workers start on it at once
     quiet = cluster.start_server(WXPUSH_LOG_LEVEL="warning")
     assert httpx.post(quiet.url + "/api/v1/scenes", json={}, timeout=TIMEOUT).status_code == 201
     assert "wxpush ready" not in quiet.log()
     assert "wxpush.access" not in quiet.log()
+    server = cluster.start_server("--workers", workers, WXPUSH_LOG_LEVEL="INFO")
+    wait_for(lambda: server.log().count("wxpush ready: accounts default") == int(workers))
+    assert "wxpush.lifespan: wxpush ready" in server.log()
 
 
 def test_a_bad_log_level_names_the_variable(tmp_path: Path) -> None:
