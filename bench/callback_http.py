@@ -19,6 +19,7 @@ Run from the repository root (``pip install -e '.[test,bench]'`` first)::
     python bench/callback_http.py                       # 30,000 callbacks, 64 connections
     python bench/callback_http.py -n 60000 -c 128 --runs 2
     python bench/callback_http.py --profile /tmp/wxpush-prof   # also py-spy the server
+    python bench/callback_http.py --log-level info      # the server writes its access log
 
 ``--profile`` needs ``pip install py-spy``; it writes folded stacks and prints the functions
 where the server spends its time.
@@ -155,7 +156,7 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
 
 
 def start_server(
-    port: int, redis_port: int, creds: Credentials, workdir: Path, log: Path
+    port: int, redis_port: int, creds: Credentials, workdir: Path, log: Path, level: str
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
     env.update(
@@ -165,7 +166,7 @@ def start_server(
             "WXPUSH_TOKEN": creds.token,
             "WXPUSH_AES_KEY": creds.aes_key,
             "WXPUSH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "WXPUSH_LOG_LEVEL": "warning",
+            "WXPUSH_LOG_LEVEL": level,
             "WXPUSH_WECHAT_API_BASE": "http://127.0.0.1:9",
             "WXPUSH_JWT_SECRET": secrets.token_hex(32),
         }
@@ -697,6 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", type=Path, default=None, help="py-spy the server into this directory"
     )
     parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
+    parser.add_argument(
+        "--log-level", default="warning",
+        help="the server's WXPUSH_LOG_LEVEL (info: an access line per callback, to a file)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not 0 < args.requests <= 1_000_000 or not 0 < args.concurrency <= 4096:
         parser.error("--requests must be 1..1,000,000 and --concurrency 1..4096")
@@ -721,7 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redis = start_redis(redis_port, workdir)
             children.append((redis, "redis-server"))
             with pinned(server_cpus):
-                server = start_server(port, redis_port, creds, workdir, workdir / "server.log")
+                log = workdir / "server.log"
+                server = start_server(port, redis_port, creds, workdir, log, args.log_level)
             children.append((server, "wxpush serve"))
             return _bench(args, creds, port, (redis_port, redis.pid), server, other_cpus, pin)
         finally:

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 import wxpush
-from wxpush import openapi, sandbox
+from wxpush import access, openapi, sandbox
 from wxpush.callback import ScanHandler
 from wxpush.endpoints import health, scenes, tokens, wechat, ws
 from wxpush.endpoints.common import error_answer
@@ -50,7 +50,7 @@ def create_app(
     metrics = Metrics()
     scene = "/api/v1/scenes/{scene}"
     routes: list[BaseRoute] = [  # WeChat's callbacks are the busiest route: matched first
-        Route("/wechat/{account}/callback", wechat.Callback(), methods=["GET", "POST"]),
+        Route(CALLBACK_ROUTE, wechat.Callback(), methods=["GET", "POST"]),
         Route("/api/v1/scenes", scenes.create, methods=["POST"]),
         Route(scene, scenes.read, methods=["GET"]),
         Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
@@ -94,13 +94,23 @@ class App(Starlette):
     ``WS /ws/v1/scenes/{scene}`` (SPEC §3) is the one WebSocket route. A waiting socket lives
     for minutes and there may be tens of thousands, so it keeps no routing or middleware
     frames alive (CORS does not apply to WebSockets; origins are checked by the handler).
+    WeChat's callback POST, the busiest request, skips the routing too. Every HTTP request,
+    the callback included, passes through the access log's wrapper (:mod:`wxpush.access`: one
+    frame, and only while INFO is on); sockets write their own line.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and access.enabled():
+            await access.logged(self._dispatch, scope, receive, send)
+        else:
+            await self._dispatch(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             account = _callback_account(scope["path"])
             if account is not None:
                 scope["app"] = self
+                scope[access.ROUTE] = CALLBACK_ROUTE
                 await wechat.handle_post(scope, receive, send, account)
                 return
         elif scope["type"] == "websocket":
@@ -109,6 +119,7 @@ class App(Starlette):
             if scene_id is None:
                 await ws.no_such_socket(scope, receive, send)
             else:
+                scope[access.ROUTE] = SOCKET_PREFIX + "{scene}"
                 await ws.scene_socket(scope, receive, send, scene_id)
             return
         await super().__call__(scope, receive, send)
@@ -130,6 +141,7 @@ def _socket_scene(path: str) -> str | None:
 
 
 SOCKET_PREFIX = "/ws/v1/scenes/"
+CALLBACK_ROUTE = "/wechat/{account}/callback"
 
 
 def _static_dir() -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -134,10 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         loop="uvloop",
         http="httptools",
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
         server_header=False,
         timeout_keep_alive=args.keep_alive,
+        **server_options(settings),
         **websocket_options(args.ws_ping_interval),
     )
     return 0
@@ -146,18 +146,57 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wxpush.sandbox.demo import demo_app
+    from wxpush.sandbox.demo import demo_app, demo_settings
 
-    app, url = demo_app(args.host, args.port)
+    settings = demo_settings(args.host, args.port)
+    app, url = demo_app(settings)
     print(f"wxpush demo: open {url}/ (sandbox phone, console SMS)", flush=True)
     if url.startswith("http://127.0.0.1") and args.host != "127.0.0.1":
         print("wxpush demo: for phones on the LAN, set WXPUSH_PUBLIC_URL=http://<this host's "
               f"LAN address>:{args.port} so the QR code points at it", flush=True)  # fmt: skip
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning", server_header=False,
-        timeout_keep_alive=KEEP_ALIVE, **websocket_options(),
+        app, host=args.host, port=args.port, server_header=False, timeout_keep_alive=KEEP_ALIVE,
+        **server_options(settings), **websocket_options(),
     )  # fmt: skip
     return 0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging and proxy settings, from ours.
+
+    Forwarded headers are believed only from ``WXPUSH_TRUSTED_PROXIES`` (uvicorn's default
+    trusts 127.0.0.1, so anyone on the machine, or a local tunnel, could name any address
+    and reset every per-IP limit). uvicorn's access log is off: it writes each request's
+    path and query string, which carry scene ids and WeChat's signatures; the app writes its
+    own (:mod:`wxpush.access`).
+    """
+    return {
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies),
+        "access_log": False,
+        "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level),
+    }
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration with wxpush's own loggers added at ``level``
+    (uvicorn's ``log_level`` reaches only uvicorn's loggers). Given to uvicorn, it is applied
+    in every worker process too. Access lines go to stdout, as uvicorn's did; the rest to
+    stderr."""
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    fmt = "%(levelprefix)s %(name)s: %(message)s"
+    config["formatters"]["wxpush"] = {"()": "uvicorn.logging.DefaultFormatter", "fmt": fmt}
+    for name, stream in (("wxpush", "stderr"), ("wxpush.access", "stdout")):
+        config["handlers"][name] = {
+            "formatter": "wxpush", "class": "logging.StreamHandler", "stream": f"ext://sys.{stream}",
+        }  # fmt: skip
+        config["loggers"][name] = {"handlers": [name], "propagate": False}
+    config["loggers"]["wxpush"]["level"] = LOG_LEVELS[level]
+    config["loggers"]["wxpush.wsprotocol"] = {"level": "WARNING"}  # see wxpush.wsprotocol
+    return config
 
 
 def _keygen(args: argparse.Namespace) -> int:

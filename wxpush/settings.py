@@ -14,6 +14,7 @@ WeChat accounts come either from the ``WXPUSH_APPID``/``WXPUSH_APPSECRET``/``WXP
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from wxpush import origins
 from wxpush.store import MAX_CONNECTIONS, MIN_CONNECTIONS
 from wxpush.wechat.crypto import decode_aes_key
 
@@ -99,11 +101,42 @@ def _database_url(raw: str) -> str:
 
 
 def _origins(raw: str) -> tuple[str, ...]:
+    """Origins in the form browsers send them (see :func:`.origins.canonical`), or ``*``."""
     items = tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
+    canonical: list[str] = []
     for item in items:
-        if item != "*" and not urlsplit(item).netloc:
+        origin = "*" if item == "*" else origins.canonical(item)
+        if origin is None:
             raise ValueError(f"{item!r} is not an origin like https://example.com")
-    return items
+        canonical.append(origin)
+    return tuple(canonical)
+
+
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses (``10.0.0.1``) and networks (``10.0.0.0/8``), the way uvicorn's
+    ``forwarded_allow_ips`` reads them; anything else would be silently matched as a literal
+    string there, and never trusted, so it is refused here."""
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    return tuple(_proxy(item) for item in items)
+
+
+def _proxy(item: str) -> str:
+    if item == "*":
+        raise ValueError("'*' would take any client's word for its address; name the proxies")
+    try:
+        return str(ipaddress.ip_network(item) if "/" in item else ipaddress.ip_address(item))
+    except ValueError:
+        raise ValueError(f"{item!r} is not an IP address or network like 10.0.0.0/8") from None
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _sms_provider(raw: str) -> SmsProvider:
@@ -172,6 +205,7 @@ class Settings:
     )
     public_url: str | None = _setting("WXPUSH_PUBLIC_URL", _url)
     allowed_origins: tuple[str, ...] = _setting("WXPUSH_ALLOWED_ORIGINS", _origins, ())
+    trusted_proxies: tuple[str, ...] = _setting("WXPUSH_TRUSTED_PROXIES", _proxies, ())
     qr_expire_seconds: int = _setting("WXPUSH_QR_EXPIRE_SECONDS", _positive_int, 300)
     jwt_key_file: str = _setting("WXPUSH_JWT_KEY_FILE", _str, "wxpush-jwt-key.pem")
     jwt_secret: str | None = _setting("WXPUSH_JWT_SECRET", _str, secret=True)
@@ -206,7 +240,7 @@ class Settings:
     sms_per_hour_per_ip: int = _setting("WXPUSH_SMS_PER_HOUR_PER_IP", _positive_int, 20)
     scenes_per_minute_per_ip: int = _setting("WXPUSH_SCENES_PER_MINUTE_PER_IP", _positive_int, 120)
     sockets_per_ip: int = _setting("WXPUSH_SOCKETS_PER_IP", _positive_int, 50)
-    log_level: str = _setting("WXPUSH_LOG_LEVEL", _str, "INFO")
+    log_level: str = _setting("WXPUSH_LOG_LEVEL", _log_level, "info")
 
     @property
     def embedded_redis(self) -> bool:

@@ -15,6 +15,11 @@ an ``asyncio.Queue`` (four deques) and an ``asyncio.Event`` for ASGI messages an
 and keeps the parsed handshake; here the first two are small equivalents with just the methods
 uvicorn calls, and the handshake is dropped once answered.
 
+**Logs.** uvicorn writes every handshake at INFO with the path, and a scene socket's path
+holds the scene's id (a bearer secret); at DEBUG, websockets writes the request and every
+frame (a login's tokens among them). Those lines are kept out (warnings and errors still go
+through); the app's access log records each socket by its route (:mod:`wxpush.access`).
+
 :class:`WaitingSocketProtocol` is uvicorn's sans-I/O ``websockets`` protocol with only these
 changed; ``wxpush serve`` passes it as ``ws=``.
 """
@@ -22,6 +27,7 @@ changed; ``wxpush serve`` passes it as ``ws=``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
 
@@ -31,6 +37,11 @@ from websockets.protocol import State
 
 TICK = 0.5  # seconds between two batches of pings
 PING = b"\x89\x00"  # a server's ping frame: FIN, opcode 9, unmasked, empty payload
+
+# uvicorn's protocol and websockets' log handshakes at INFO (below INFO, each connection
+# and frame) and failures at ERROR; this logger lets only warnings and errors through.
+logger = logging.getLogger(__name__)
+logger.setLevel(logging.WARNING)
 
 
 class Keepalive:
@@ -70,6 +81,8 @@ class WaitingSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.logger = self.conn.logger = logger
+        self.conn.debug = False  # websockets would log the request line and every frame
         self.server_state = server_state
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]

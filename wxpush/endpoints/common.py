@@ -120,8 +120,16 @@ def _is_text(value: str) -> bool:
 
 
 def client_ip(request: Request) -> str:
-    """The caller's address (uvicorn resolves X-Forwarded-For from trusted proxies)."""
-    return request.client.host if request.client else "unknown"
+    """The caller's address, the one every per-IP limit counts (see :func:`client_host`)."""
+    return client_host(request.scope)
+
+
+def client_host(scope: Scope) -> str:
+    """The address of the connection's client: the peer's own, or, when the peer is one of
+    ``WXPUSH_TRUSTED_PROXIES``, the client it forwards (``X-Forwarded-For``, resolved by
+    uvicorn's proxy headers, which ``wxpush serve`` turns on for those proxies only)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def error_answer(exc: Exception) -> tuple[str, Response]:

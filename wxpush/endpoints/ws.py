@@ -9,11 +9,12 @@ import time
 from collections import Counter
 from contextlib import aclosing, suppress
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
+from wxpush import access, origins
+from wxpush.endpoints.common import client_host
 from wxpush.errors import WxpushError, error_response
 from wxpush.hub import Hub, Waiter
 from wxpush.login import LoginFlow
@@ -25,19 +26,6 @@ logger = logging.getLogger(__name__)
 
 NORMAL, TRY_AGAIN = 1000, 1013
 OVERLOADED = 1008  # policy violation: the client stopped reading
-
-
-def origin_allowed(settings: Settings, origin: str | None, host: str | None) -> bool:
-    """Apps and TVs send no Origin; browsers may come from our own origin or a listed one."""
-    if origin is None:
-        return True
-    allowed = settings.allowed_origins
-    if "*" in allowed or origin.rstrip("/") in allowed:
-        return True
-    own = {urlsplit(settings.public_url).netloc} if settings.public_url else set()
-    if host:
-        own.add(host)
-    return urlsplit(origin).netloc in own
 
 
 class SocketCount:
@@ -63,21 +51,24 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str
 
     A waiting socket lives for minutes and there may be tens of thousands: it holds no
     Starlette request object, middleware or routing frames, and one task besides its own
-    (reading the client, so that a departure is noticed at once).
+    (reading the client, so that a departure is noticed at once). For the same reason it
+    writes its own access line (when it ends, or when refused) instead of living inside the
+    access log's wrapper.
     """
+    started = time.perf_counter()
     state = scope["state"]
     settings: Settings = state["settings"]
     if (await receive())["type"] != "websocket.connect":
         return  # the client left during the handshake
-    if not origin_allowed(settings, *_origin_and_host(scope)):
-        await _deny(scope, send, 403, "origin_not_allowed", "This origin may not open sockets.")
+    if not origins.allowed(settings, _origin(scope), scope):
+        message = "This origin may not open sockets."
+        await _deny(scope, send, started, 403, "origin_not_allowed", message)
         return
-    ip = scope["client"][0] if scope.get("client") else "unknown"
+    ip = client_host(scope)
     sockets: SocketCount = state["sockets"]
     if not sockets.take(ip, settings.sockets_per_ip):
-        await _deny(
-            scope, send, 429, "too_many_sockets", "Too many open sockets from this address."
-        )
+        message = "Too many open sockets from this address."
+        await _deny(scope, send, started, 429, "too_many_sockets", message)
         return
     metrics: Metrics = state["metrics"]
     metrics.waiters.labels("websocket").inc()
@@ -87,6 +78,7 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str
     finally:
         metrics.waiters.labels("websocket").dec()
         sockets.release(ip)
+        access.write(scope, 101, started)
 
 
 async def _serve(
@@ -156,22 +148,26 @@ def _compact(state: dict[str, Any]) -> str:
     return json.dumps(state, separators=(",", ":"), ensure_ascii=False)
 
 
-def _origin_and_host(scope: Scope) -> tuple[str | None, str | None]:
-    found: dict[bytes, str] = {}
+def _origin(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name in (b"origin", b"host"):
-            found[name] = value.decode("latin-1")
-    return found.get(b"origin"), found.get(b"host")
+        if name == b"origin":
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def no_such_socket(scope: Scope, receive: Receive, send: Send) -> None:
     """A WebSocket handshake on any other path: 404, in the same JSON as every error."""
+    started = time.perf_counter()
     if (await receive())["type"] == "websocket.connect":
-        await _deny(scope, send, 404, "not_found", "There is no WebSocket at this path.")
+        message = "There is no WebSocket at this path."
+        await _deny(scope, send, started, 404, "not_found", message)
 
 
-async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+async def _deny(
+    scope: Scope, send: Send, started: float, status: int, code: str, message: str
+) -> None:
     """Refuse the handshake with the JSON error answer (or close 1008 where the server cannot)."""
+    access.write(scope, status, started)
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": OVERLOADED})
         return

@@ -35,6 +35,7 @@ def demo_settings(host: str, port: int) -> Settings:
         "WXPUSH_DATABASE_URL": "sqlite+aiosqlite:///wxpush-demo.db",
         "WXPUSH_SMS_PROVIDER": "console",
         "WXPUSH_JWT_KEY_FILE": "wxpush-demo-jwt.pem",
+        "WXPUSH_LOG_LEVEL": "warning",
     }
     netloc = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
     forced = {"WXPUSH_SANDBOX": "1", "WXPUSH_WECHAT_API_BASE": f"http://{netloc}/sandbox"}
@@ -42,8 +43,12 @@ def demo_settings(host: str, port: int) -> Settings:
     return Settings.from_env({**defaults, **dotenv, **os.environ, **forced}, dotenv=None)
 
 
-def demo_app(host: str, port: int) -> tuple[Starlette, str]:
-    """The demo app and the URL to open in a browser."""
-    settings = demo_settings(host, port)
+def demo_app(settings: Settings) -> tuple[Starlette, str]:
+    """The demo app on :func:`demo_settings`, and the URL to open in a browser.
+
+    Unless ``WXPUSH_PUBLIC_URL`` is set, the page's sockets are checked against the address
+    the demo listens on (and ``localhost`` for a loopback one): the page works from the
+    printed URL, from ``localhost`` and from a LAN address the demo is bound to.
+    """
     base = settings.wechat_api_base.removesuffix("/sandbox")
     return create_app(settings), settings.public_url or base
