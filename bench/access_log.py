@@ -1,10 +1,10 @@
-"""What one access line costs a request: wxpush's (``wxpush.access``) against uvicorn's.
+"""What one access line costs a request: wxpush's (``wxpush.web.access``) against uvicorn's.
 
 ``wxpush serve`` turns uvicorn's access log off and writes its own line (the route, never
 the path or query) from a wrapper around the app. This times, in CPU time of the thread, a
 trivial ASGI answer (``200 success``, as to a WeChat callback) run four ways, round-robin:
 bare; as ``App`` runs it with the access log off (``WXPUSH_LOG_LEVEL=warning``: one level
-check); through :func:`wxpush.access.logged` at INFO; and bare plus the line uvicorn's
+check); through :func:`wxpush.web.access.logged` at INFO; and bare plus the line uvicorn's
 httptools protocol writes for it at INFO (with the callback's signed query string). Both
 loggers write through uvicorn's formatters to ``/dev/null``.
 
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from uvicorn.logging import AccessFormatter, DefaultFormatter
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from wxpush import access
+from wxpush.web import access
 
 QUERY = (
     b"signature=6955f8d74f7c8f66cb624c6dd51229cb2d8be77e&timestamp=1796187973&nonce=7093518960"
@@ -57,7 +57,7 @@ async def receive() -> dict[str, object]:
 
 def loggers() -> tuple[logging.Logger, logging.Logger]:
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    ours, theirs = logging.getLogger("wxpush.access"), logging.getLogger("uvicorn.access")
+    ours, theirs = logging.getLogger("wxpush.web.access"), logging.getLogger("uvicorn.access")
     uvicorn_format = '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'
     for logger, formatter in (
         (ours, DefaultFormatter("%(levelprefix)s %(name)s: %(message)s")),
@@ -91,14 +91,14 @@ def jobs(uvicorn_log: logging.Logger) -> dict[str, Job]:
         uvicorn_log.info('%s - "%s %s HTTP/%s" %d', get_client_addr(s), s["method"],  # type: ignore[arg-type]
                          get_path_with_query_string(s), s["http_version"], 200)  # type: ignore[arg-type]  # fmt: skip
 
-    return {"bare": bare, "wxpush, log off": off, "wxpush.access line": ours,
+    return {"bare": bare, "wxpush, log off": off, "wxpush.web.access line": ours,
             "uvicorn's access line": uvicorns}  # fmt: skip
 
 
 async def run(rounds: int, batch: int) -> None:
     ours, theirs = loggers()
     for name, level, wanted in (("warning", logging.WARNING, ("bare", "wxpush, log off")),
-                                ("info", logging.INFO, ("bare", "wxpush.access line",
+                                ("info", logging.INFO, ("bare", "wxpush.web.access line",
                                                         "uvicorn's access line"))):  # fmt: skip
         ours.setLevel(level)
         theirs.setLevel(level)

@@ -1,9 +1,11 @@
-"""One Redis command on the login's hot path: redis-py's pool against wxpush's lane.
+"""One Redis command on the login's hot path: redis-py's pool against wxpush's pipelined connection.
 
 Starts its own ``redis-server`` (pinned to the last core, this process to the first), then
 times the same Lua script (an ``HMGET`` of a scene-like hash, as the scan's transition reads)
-through ``wxpush.store.open_redis`` (redis-py's ``BlockingConnectionPool``, as the server
-had it before the lane) and through ``wxpush.lane.Lane``, alternating in rounds:
+through ``wxpush.infra.redis_client.open_redis`` (redis-py's ``BlockingConnectionPool``, as the
+server
+had it before the pipelined connection) and through ``wxpush.infra.pipeline.PipelinedConnection``,
+alternating in rounds:
 
 - **after idleness**: one command every ``--gap`` ms, like scans fired one at a time: wall
   time p50 / p99 from the call to the reply;
@@ -31,8 +33,8 @@ from typing import Any
 import uvloop
 from callback_http import free_port, pinned, start_redis, stop
 
-from wxpush.lane import Lane
-from wxpush.store import CONNECT_TIMEOUT, SOCKET_TIMEOUT, open_redis
+from wxpush.infra.pipeline import PipelinedConnection
+from wxpush.infra.redis_client import CONNECT_TIMEOUT, SOCKET_TIMEOUT, open_redis
 
 SCRIPT = "return redis.call('HMGET', KEYS[1], 'status', 'account')"
 Call = Callable[[], Awaitable[Any]]
@@ -73,12 +75,12 @@ async def back_to_back(call: Call, commands: int, concurrency: int) -> tuple[flo
 async def measure(port: int, args: argparse.Namespace) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     pool = open_redis(url)
-    lane = Lane(pool, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
+    pipelined = PipelinedConnection(pool, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
     await pool.hset("wxpush:scene:bench", mapping={"status": "LOOP", "account": "default"})
-    pooled, laned = pool.register_script(SCRIPT), lane.register_script(SCRIPT)
+    pooled, laned = pool.register_script(SCRIPT), pipelined.register_script(SCRIPT)
     calls: dict[str, Call] = {
         "redis-py pool": lambda: pooled(keys=["wxpush:scene:bench"]),
-        "wxpush lane": lambda: laned(keys=["wxpush:scene:bench"]),
+        "wxpush pipelined connection": lambda: laned(keys=["wxpush:scene:bench"]),
     }
     for call in calls.values():  # load the script, open the connections
         await call()
@@ -91,7 +93,7 @@ async def measure(port: int, args: argparse.Namespace) -> None:
         cpu, rate = await back_to_back(call, args.busy, args.concurrency)
         p50, p99 = 1e6 * pct(idle[name], 0.5), 1e6 * pct(idle[name], 0.99)
         print(f"| {name} | {p50:.0f} | {p99:.0f} | {cpu:.1f} | {rate:,.0f} |")
-    await lane.aclose()
+    await pipelined.aclose()
     await pool.aclose()
 
 

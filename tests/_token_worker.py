@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 
 from tests.fakewechat import APPID, SECRET
-from wxpush.settings import Account
-from wxpush.store import open_redis
-from wxpush.wechat.api import WeChatAPI
+from wxpush.clients.wechat import WeChatAPI
+from wxpush.config.settings import Account
+from wxpush.infra.redis_client import open_redis
 
 
 async def main(base_url: str, redis_url: str, go: Path, count: int) -> list[str]:

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.pg import PostgresServer
 from tests.util import free_port
-from wxpush.accounts import (
+from wxpush.errors import Conflict, Forbidden, Unavailable
+from wxpush.people.store import (
     PROVIDER,
     SQLITE_BUSY_MS,
     Identity,
@@ -25,7 +26,6 @@ from wxpush.accounts import (
     open_engine,
     users,
 )
-from wxpush.errors import Conflict, Forbidden, Unavailable
 
 APPID = "wx0123456789abcdef"
 PHONE = "+8613800138000"
@@ -372,7 +372,7 @@ async def test_a_sqlite_lock_never_released_is_unavailable_within_a_second(
 async def test_the_scan_lookup_on_sqlite_sees_every_commit_and_gives_way_to_a_lock(
     sqlite_url: str,
 ) -> None:
-    """``user_id_of`` reads SQLite in place (wxpush.quickread): it must see what another
+    """``user_id_of`` reads SQLite in place (wxpush.infra.sqlite_read): it must see what another
     process just committed, and fall back to the async engine when the file is locked."""
     mine, theirs = open_engine(sqlite_url), open_engine(sqlite_url)  # two processes' engines
     try:

@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 from tests import fakewechat
 from tests.conftest import TIMEOUT, free_port
 from tests.fakewechat import FakeWeChat
+from wxpush.clients.wechat import QRCode, WeChatAPI
+from wxpush.config.settings import Account
 from wxpush.errors import BadGateway, Unavailable, WeChatAPIError
-from wxpush.settings import Account
-from wxpush.store import open_redis, open_store
-from wxpush.wechat.api import QRCode, WeChatAPI
+from wxpush.infra.redis_client import open_connections, open_redis
 
 fake_wechat = fakewechat.fake_wechat  # the fixture, shared with later tests
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,13 +371,13 @@ async def test_embedded_redis_runs_the_lua_scripts(
 async def test_a_process_holds_at_most_the_configured_redis_connections(
     redis_url: str, connections: int
 ) -> None:
-    """WXPUSH_REDIS_CONNECTIONS bounds a process's connections, the hot path's lane
-    included; busy callers of the pool wait their turn, the lane's never wait."""
-    client, hot = open_store(redis_url, connections=connections)
+    """WXPUSH_REDIS_CONNECTIONS bounds a process's connections, the hot path's pipelined connection
+    included; busy callers of the pool wait their turn, the pipelined connection's never wait."""
+    client, hot = open_connections(redis_url, connections=connections)
     watcher = open_redis(redis_url)
     try:
         # Twice as many blocking commands as pooled connections: all finish, in two waves,
-        # while the lane's commands go through beside them.
+        # while the pipelined connection's commands go through beside them.
         pooled = connections - 1
         blocking = asyncio.gather(*(client.blpop(["wxpush:test:empty"], timeout=0.2)
                                     for _ in range(2 * pooled)))  # fmt: skip

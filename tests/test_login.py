@@ -28,9 +28,9 @@ from tests import fakewechat, wire
 from tests.conftest import RedisServer
 from tests.server import serve
 from tests.util import TIMEOUT, wait_for
-from wxpush.accounts import open_engine
 from wxpush.app import create_app
-from wxpush.settings import Settings
+from wxpush.config.settings import Settings
+from wxpush.people.store import open_engine
 from wxpush.wechat.crypto import MessageCrypto
 from wxpush.wechat.messages import TextMessage, parse_fields, parse_message
 

@@ -31,8 +31,8 @@ from tests.test_login import (
     start,
 )
 from tests.util import TIMEOUT, wait_for
-from wxpush import accounts
-from wxpush.scenes import SceneStore
+from wxpush.login.scenes import SceneStore
+from wxpush.people import store as accounts
 
 __all__ = ["database_url", "sms_inbox", "start"]  # fixtures shared with test_login
 

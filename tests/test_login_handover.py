@@ -33,14 +33,14 @@ from tests import fakewechat
 from tests.conftest import RedisServer
 from tests.test_login import NEW_OPENID, Site, sms_inbox, start
 from tests.util import TIMEOUT, wait_for
-from wxpush.accounts import People, open_engine
-from wxpush.limits import RateLimiter
-from wxpush.login import LoginFlow
-from wxpush.metrics import Metrics
-from wxpush.scenes import SceneStore
-from wxpush.settings import Settings
-from wxpush.sms import ConsoleProvider, SmsCodes
-from wxpush.tokens import TokenService
+from wxpush.config.settings import Settings
+from wxpush.infra.metrics import Metrics
+from wxpush.infra.ratelimit import RateLimiter
+from wxpush.login.flow import LoginFlow
+from wxpush.login.scenes import SceneStore
+from wxpush.people.store import People, open_engine
+from wxpush.sms.codes import ConsoleProvider, SmsCodes
+from wxpush.tokens.service import TokenService
 
 __all__ = ["sms_inbox", "start"]  # fixtures shared with test_login
 

@@ -18,8 +18,8 @@ from tests import fakewechat, test_push
 from tests.procs import ServerProcess, run_demo
 from tests.test_push import Cluster
 from tests.util import TIMEOUT
-from wxpush import origins
-from wxpush.settings import Settings, SettingsError
+from wxpush.config.settings import Settings, SettingsError
+from wxpush.web import origins
 
 fake_wechat = fakewechat.fake_wechat
 cluster = test_push.cluster

@@ -22,7 +22,7 @@ from tests import fakewechat, test_push
 from tests.test_cli import wxpush
 from tests.test_push import Cluster, frame
 from tests.util import TIMEOUT
-from wxpush.settings import Settings, SettingsError
+from wxpush.config.settings import Settings, SettingsError
 
 fake_wechat = fakewechat.fake_wechat
 cluster = test_push.cluster

@@ -13,7 +13,7 @@ from tests.server import serve
 from tests.util import TIMEOUT, free_port
 from tests.wire import new_aes_key
 from wxpush.app import create_app
-from wxpush.settings import Settings
+from wxpush.config.settings import Settings
 
 APPID = "wxsandboxtest0001"
 SECRET = "sandboxsecret0123456789"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import wire
-from wxpush.settings import Settings, SettingsError
+from wxpush.config.settings import Settings, SettingsError
 
 BASE = {"WXPUSH_APPID": wire.APPID, "WXPUSH_APPSECRET": "s3cret", "WXPUSH_TOKEN": wire.TOKEN}
 

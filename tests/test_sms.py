@@ -20,10 +20,10 @@ from starlette.routing import Route
 
 from tests.server import keepalive_closer, serve
 from tests.util import free_port
-from wxpush import sms
+from wxpush.config.settings import Settings
 from wxpush.errors import BadGateway, BadRequest, Gone, RateLimited
-from wxpush.settings import Settings
-from wxpush.sms import (
+from wxpush.sms import codes as sms
+from wxpush.sms.codes import (
     ConsoleProvider,
     SmsCodes,
     SmsProvider,

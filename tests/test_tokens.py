@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
 
+from wxpush.config.settings import Settings, SettingsError
 from wxpush.errors import Unauthorized
-from wxpush.settings import Settings, SettingsError
-from wxpush.tokens import (
+from wxpush.tokens.service import (
     Claims,
     TokenService,
     generate_key_file,
@@ -110,7 +110,7 @@ def test_readable_key_file_is_reported(tmp_path: Path, caplog: pytest.LogCapture
     path = tmp_path / "key.pem"
     generate_key_file(path)
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="wxpush.tokens"):
+    with caplog.at_level(logging.WARNING, logger="wxpush.tokens.service"):
         load_or_create_signing_key(path)
     assert "chmod 600" in caplog.text
     assert path.read_text() not in caplog.text

@@ -22,14 +22,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 import wxpush
-from wxpush import access, openapi, sandbox
-from wxpush.callback import ScanHandler
-from wxpush.endpoints import health, scenes, tokens, wechat, ws
-from wxpush.endpoints.common import error_answer
+from wxpush import sandbox
+from wxpush.callback.service import ScanHandler
+from wxpush.config.settings import Settings
 from wxpush.errors import WxpushError, error_response
+from wxpush.infra.metrics import Metrics
 from wxpush.lifespan import lifespan
-from wxpush.metrics import Metrics
-from wxpush.settings import Settings
+from wxpush.web import access, health, openapi, scenes, sockets, tokens, wechat
+from wxpush.web.requests import error_answer
 from wxpush.wechat.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class App(Starlette):
     for minutes and there may be tens of thousands, so it keeps no routing or middleware
     frames alive (CORS does not apply to WebSockets; origins are checked by the handler).
     WeChat's callback POST, the busiest request, skips the routing too. Every HTTP request,
-    the callback included, passes through the access log's wrapper (:mod:`wxpush.access`: one
+    the callback included, passes through the access log's wrapper (:mod:`wxpush.web.access`: one
     frame, and only while INFO is on); sockets write their own line.
     """
 
@@ -117,10 +117,10 @@ class App(Starlette):
             scope["app"] = self
             scene_id = _socket_scene(scope["path"])
             if scene_id is None:
-                await ws.no_such_socket(scope, receive, send)
+                await sockets.no_such_socket(scope, receive, send)
             else:
                 scope[access.ROUTE] = SOCKET_PREFIX + "{scene}"
-                await ws.scene_socket(scope, receive, send, scene_id)
+                await sockets.scene_socket(scope, receive, send, scene_id)
             return
         await super().__call__(scope, receive, send)
 

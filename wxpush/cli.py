@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 
 from wxpush import __version__
+from wxpush.clients.wechat import WeChatAPI
+from wxpush.config.settings import Account, Settings, SettingsError, port_from_env
 from wxpush.errors import WxpushError
+from wxpush.infra.redis_client import open_redis
 from wxpush.lifespan import quiet_secret_loggers
-from wxpush.settings import Account, Settings, SettingsError, port_from_env
-from wxpush.store import open_redis
-from wxpush.tokens import generate_key_file
-from wxpush.wechat.api import WeChatAPI
+from wxpush.tokens.service import generate_key_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,11 +92,11 @@ MAX_KEEP_ALIVE = 3600
 
 
 def websocket_options(ping_interval: float = PING_INTERVAL) -> dict[str, Any]:
-    """uvicorn's WebSocket settings: the lean protocol of :mod:`wxpush.wsprotocol` (one
+    """uvicorn's WebSocket settings: the lean protocol of :mod:`wxpush.realtime.wsprotocol` (one
     shared keep-alive timer), no per-message deflate (tiny JSON frames gain nothing from it,
     and it costs memory on every socket)."""
     return {
-        "ws": "wxpush.wsprotocol:WaitingSocketProtocol",
+        "ws": "wxpush.realtime.wsprotocol:WaitingSocketProtocol",
         "ws_ping_interval": ping_interval,
         "ws_per_message_deflate": False,
     }
@@ -168,7 +168,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
     trusts 127.0.0.1, so anyone on the machine, or a local tunnel, could name any address
     and reset every per-IP limit). uvicorn's access log is off: it writes each request's
     path and query string, which carry scene ids and WeChat's signatures; the app writes its
-    own (:mod:`wxpush.access`).
+    own (:mod:`wxpush.web.access`).
     """
     return {
         "proxy_headers": bool(settings.trusted_proxies),
@@ -189,13 +189,15 @@ def log_config(level: str) -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     fmt = "%(levelprefix)s %(name)s: %(message)s"
     config["formatters"]["wxpush"] = {"()": "uvicorn.logging.DefaultFormatter", "fmt": fmt}
-    for name, stream in (("wxpush", "stderr"), ("wxpush.access", "stdout")):
+    for name, stream in (("wxpush", "stderr"), ("wxpush.web.access", "stdout")):
         config["handlers"][name] = {
             "formatter": "wxpush", "class": "logging.StreamHandler", "stream": f"ext://sys.{stream}",
         }  # fmt: skip
         config["loggers"][name] = {"handlers": [name], "propagate": False}
     config["loggers"]["wxpush"]["level"] = LOG_LEVELS[level]
-    config["loggers"]["wxpush.wsprotocol"] = {"level": "WARNING"}  # see wxpush.wsprotocol
+    config["loggers"]["wxpush.realtime.wsprotocol"] = {
+        "level": "WARNING"
+    }  # see wxpush.realtime.wsprotocol
     return config
 
 

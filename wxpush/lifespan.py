@@ -17,21 +17,21 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
-from wxpush import outbound
-from wxpush.accounts import People, open_engine
-from wxpush.callback import CallbackService, ScanHandler, ignore_scan
-from wxpush.endpoints.ws import SocketCount
-from wxpush.hub import Hub
-from wxpush.lane import Lane
-from wxpush.limits import RateLimiter
-from wxpush.login import LoginFlow
-from wxpush.metrics import Metrics
-from wxpush.scenes import SceneStore
-from wxpush.settings import Settings
-from wxpush.sms import SmsCodes, make_provider
-from wxpush.store import open_store
-from wxpush.tokens import TokenService
-from wxpush.wechat.api import WeChatAPI
+from wxpush.callback.service import CallbackService, ScanHandler, ignore_scan
+from wxpush.clients import outbound
+from wxpush.clients.wechat import WeChatAPI
+from wxpush.config.settings import Settings
+from wxpush.infra.metrics import Metrics
+from wxpush.infra.pipeline import PipelinedConnection
+from wxpush.infra.ratelimit import RateLimiter
+from wxpush.infra.redis_client import open_connections
+from wxpush.login.flow import LoginFlow
+from wxpush.login.scenes import SceneStore
+from wxpush.people.store import People, open_engine
+from wxpush.realtime.hub import Hub
+from wxpush.sms.codes import SmsCodes, make_provider
+from wxpush.tokens.service import TokenService
+from wxpush.web.sockets import SocketCount
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,11 @@ def lifespan(
     async def run(app: Starlette) -> AsyncIterator[State]:
         quiet_secret_loggers()
         async with AsyncExitStack() as stack:
-            redis, hot = open_store(settings.redis_url, connections=settings.redis_connections)
+            redis, hot = open_connections(
+                settings.redis_url, connections=settings.redis_connections
+            )
             stack.push_async_callback(redis.aclose)
-            if isinstance(hot, Lane):
+            if isinstance(hot, PipelinedConnection):
                 stack.push_async_callback(hot.aclose)
             engine = open_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)

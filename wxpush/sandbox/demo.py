@@ -19,7 +19,7 @@ from dotenv import dotenv_values
 from starlette.applications import Starlette
 
 from wxpush.app import create_app
-from wxpush.settings import Settings
+from wxpush.config.settings import Settings
 
 DEMO_APPID = "wxsandboxdemo0001"
 

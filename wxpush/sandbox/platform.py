@@ -2,7 +2,7 @@
 
 Like WeChat, these endpoints answer HTTP 200 with ``{"errcode", "errmsg"}`` on a bad call
 (a wrong appid 40013, secret 40125, missing token 41001, unknown token 40001, malformed
-body 47001 or arguments 40097) — that is what :class:`~wxpush.wechat.api.WeChatAPI` parses.
+body 47001 or arguments 40097) — that is what :class:`~wxpush.clients.wechat.WeChatAPI` parses.
 Only ``showqrcode`` of an unknown ticket answers a JSON 404, as an image URL would.
 """
 
@@ -19,8 +19,8 @@ import segno
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from wxpush.config.settings import Account
 from wxpush.errors import error_response
-from wxpush.settings import Account
 
 TOKEN_LIFETIME = 7200
 MAX_QR_SECONDS = 2_592_000  # WeChat's cap for temporary QR codes: 30 days

@@ -1,0 +1,176 @@
+"""The hot path's pipelined Redis connection, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tests.conftest import RedisServer
+from tests.util import TIMEOUT, free_port
+from wxpush.infra.pipeline import PipelinedConnection
+from wxpush.infra.redis_client import open_connections, open_redis
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+
+
+pytestmark = pytest.mark.uvloop  # on uvloop too, which `wxpush serve` runs
+
+
+@pytest.fixture
+async def pipelined(redis_url: str) -> AsyncIterator[PipelinedConnection]:
+    client, hot = open_connections(redis_url)
+    assert isinstance(hot, PipelinedConnection)
+    yield hot
+    await hot.aclose()
+    await client.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop, freeze or lock."""
+    server = RedisServer(port=free_port(), workdir=tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def named(port: int, name: str) -> int:
+    rows = redis.Redis(port=port).client_list()
+    return sum(1 for row in rows if row.get("name") == name)
+
+
+async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(
+    pipelined: PipelinedConnection, redis_server: RedisServer
+) -> None:
+    echo = pipelined.register_script(ECHO)
+    await asyncio.gather(*(pipelined.set(f"k{i}", f"v{i}", ex=60) for i in range(300)))
+    got, scripted, hashes = await asyncio.gather(
+        asyncio.gather(*(pipelined.get(f"k{i}") for i in range(300))),
+        asyncio.gather(*(echo(keys=[f"s{i}"], args=[i]) for i in range(300))),
+        asyncio.gather(*(pipelined.hgetall(f"missing{i}") for i in range(10))),
+    )
+    assert got == [f"v{i}".encode() for i in range(300)]
+    assert scripted == [[f"s{i}".encode(), str(i).encode()] for i in range(300)]
+    assert hashes == [{}] * 10
+    assert named(redis_server.port, f"wxpush-{os.getpid()}") == 1  # the pipelined alone
+    assert redis_server.client().ttl("k7") == 60
+
+
+async def test_hgetall_gives_what_redis_py_gives(
+    pipelined: PipelinedConnection, redis_url: str
+) -> None:
+    plain = open_redis(redis_url)
+    try:
+        await plain.hset("h", mapping={"status": "LOOP", "account": "default"})
+        assert await pipelined.hgetall("h") == await plain.hgetall("h")
+    finally:
+        await plain.aclose()
+
+
+async def test_a_script_survives_a_flushed_script_cache(
+    pipelined: PipelinedConnection, redis_server: RedisServer
+) -> None:
+    echo = pipelined.register_script(ECHO)
+    assert await echo(keys=["a"], args=["1"]) == [b"a", b"1"]
+    redis_server.client().script_flush()
+    assert await echo(keys=["b"], args=["2"]) == [b"b", b"2"]
+
+
+async def test_an_error_reply_is_raised_and_the_lane_goes_on(
+    pipelined: PipelinedConnection,
+) -> None:
+    failing = pipelined.register_script("return redis.error_reply('no such thing')")
+    results = await asyncio.gather(
+        pipelined.set("x", "1"), failing(), pipelined.get("x"), return_exceptions=True
+    )
+    assert results[0] == b"OK"
+    assert isinstance(results[1], ResponseError)
+    assert "no such thing" in str(results[1])
+    assert results[2] == b"1"
+
+
+async def test_redis_away_fails_fast_and_the_lane_reconnects_by_itself(
+    own_redis: RedisServer,
+) -> None:
+    client, pipelined = open_connections(own_redis.url)
+    assert isinstance(pipelined, PipelinedConnection)
+    try:
+        await pipelined.set("before", "1")
+        own_redis.stop()
+        started = time.monotonic()
+        for _ in range(3):
+            with pytest.raises(RedisConnectionError):
+                await pipelined.get("before")
+        assert time.monotonic() - started < 1
+        own_redis.start()
+        assert await pipelined.set("after", "2") == b"OK"
+        assert own_redis.client().get("after") == b"2"
+    finally:
+        await pipelined.aclose()
+        await client.aclose()
+
+
+async def test_a_frozen_redis_times_out_and_the_lane_recovers(own_redis: RedisServer) -> None:
+    client = open_redis(own_redis.url)
+    pipelined = PipelinedConnection(client, timeout=0.3, connect_timeout=0.3)
+    try:
+        await pipelined.set("k", "v")
+        assert own_redis.proc is not None
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(pipelined.get("k") for _ in range(5)), return_exceptions=True
+            )
+            assert all(isinstance(r, RedisTimeoutError) for r in results), results
+            assert time.monotonic() - started < 0.3 + TIMEOUT / 5
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        assert await pipelined.get("k") == b"v"
+    finally:
+        await pipelined.aclose()
+        await client.aclose()
+
+
+async def test_password_and_database_from_the_url(own_redis: RedisServer) -> None:
+    own_redis.client().config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{own_redis.port}/2"
+    client, pipelined = open_connections(url)
+    assert isinstance(pipelined, PipelinedConnection)
+    try:
+        await pipelined.set("where", "db2")
+        check = redis.Redis(port=own_redis.port, password="s3cret", db=2)
+        assert check.get("where") == b"db2"
+        names = [row.get("name") for row in check.client_list()]
+        assert names.count(f"wxpush-{os.getpid()}") == 1
+        wrong, wrong_lane = open_connections(f"redis://:nope@127.0.0.1:{own_redis.port}/2")
+        with pytest.raises(RedisConnectionError, match="refused"):
+            await wrong_lane.get("where")
+        await wrong_lane.aclose()  # type: ignore[attr-defined]
+        await wrong.aclose()
+    finally:
+        await pipelined.aclose()
+        await client.aclose()
+
+
+async def test_tls_and_the_embedded_store_keep_to_redis_py() -> None:
+    assert PipelinedConnection.serves("redis://127.0.0.1:6379/0")
+    assert PipelinedConnection.serves("unix:///run/redis.sock")
+    assert not PipelinedConnection.serves("rediss://cache.example:6380/0")
+    client, hot = open_connections(None)
+    try:
+        assert hot is client
+        await hot.set("k", "v", ex=5)
+        assert await hot.get("k") == b"v"
+    finally:
+        await client.aclose()

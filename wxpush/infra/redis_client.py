@@ -1,0 +1,86 @@
+"""The Redis connection: a real server by URL, or an embedded in-memory one.
+
+With no ``WXPUSH_REDIS_URL`` the server runs on fakeredis (an in-memory, Redis-compatible
+store with pub/sub and Lua), which lives inside the process: fine for ``wxpush demo`` and a
+first look, wrong for more than one process, so start-up says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from wxpush.infra.pipeline import HotCommands, PipelinedConnection, hot_commands
+
+logger = logging.getLogger(__name__)
+
+# Fail fast: a request must get a 503 within a second when Redis is away or hung (a stopped
+# process, a stalled host: connects and writes succeed, no reply ever comes), never hang.
+# Every command of ours is O(1) or a short script that Redis answers in well under a
+# millisecond, so a reply that takes SOCKET_TIMEOUT s means the server is stuck. A timed-out
+# command is never sent again (see open_redis), so the longest wait of one call is a queue for
+# a pooled connection (POOL_WAIT) plus one command: about a second.
+SOCKET_TIMEOUT = 0.5
+CONNECT_TIMEOUT = 0.5
+# A server process holds MAX_CONNECTIONS (WXPUSH_REDIS_CONNECTIONS) in all: the hub's pub/sub,
+# the hot path's pipelined connection (wxpush.infra.pipeline), and the rest in redis-py's
+# pool. The pool does
+# not multiplex, so its callers queue for a connection (for at most POOL_WAIT s; a refused or
+# dead server still fails fast at connect) instead of each opening one of their own: a
+# process with 10,000 waiting browsers still holds 3 connections. A queue that does not move
+# for POOL_WAIT s means the connections ahead are stuck on a hung server (a healthy one serves
+# thousands of commands in that time): a 503 then, not a longer wait.
+MAX_CONNECTIONS = 3
+MIN_CONNECTIONS = 3  # pub/sub, pipelined connection, and one pooled for everything else
+POOL_WAIT = 0.5
+
+
+def open_redis(url: str | None, *, connections: int = MAX_CONNECTIONS) -> Redis:
+    """Return an asyncio Redis client for ``url`` holding at most ``connections`` (pub/sub
+    included), or the embedded store when ``url`` is ``None``."""
+    if url is None:
+        from fakeredis import FakeAsyncRedis  # imported lazily: only the embedded mode needs it
+
+        logger.warning(
+            "WXPUSH_REDIS_URL is not set: using an embedded in-memory Redis (fakeredis); "
+            "this server must run as a single process and loses its state on restart"
+        )
+        client: Redis = FakeAsyncRedis()
+        return client
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=connections,
+        timeout=POOL_WAIT,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        health_check_interval=30,
+        retry_on_timeout=False,
+        # One immediate retry when a pooled connection turns out dead (a Redis restart closed
+        # it: the retry connects again), never redis-py's default of ten with backoff. Only
+        # for ConnectionError: Retry's default list also holds TimeoutError, and a command
+        # that timed out went to a server that is hung (sending it again only doubles the
+        # wait) and may still run it once it wakes.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        client_name=f"wxpush-{os.getpid()}",  # CLIENT LIST tells each process's connections
+    )
+    return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def open_connections(
+    url: str | None, *, connections: int = MAX_CONNECTIONS
+) -> tuple[Redis, HotCommands]:
+    """A server's Redis: the client (pool and pub/sub) and the hot path's commands, holding
+    ``connections`` in all. With the embedded store, or a URL the pipelined connection does not
+    serve (TLS), the client serves the hot path too."""
+    if url is None or not PipelinedConnection.serves(url):
+        client = open_redis(url, connections=connections)
+        return client, hot_commands(client)
+    client = open_redis(url, connections=connections - 1)
+    return client, PipelinedConnection(
+        client, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT
+    )

@@ -1,0 +1,283 @@
+"""The login flow: ties scenes, people, SMS codes and tokens together.
+
+This is the one place that knows the order of a login: a scan resolves a scene to ``REG``
+(known person) or ``NOT_REG`` (new person); the first reader of a ``REG`` scene claims it and
+gets freshly minted tokens; a new person proves a phone number and the bind answer itself is
+the scene's one claim. It is also the :class:`~wxpush.callback.service.ScanHandler` the callback
+endpoint hands login scans to.
+
+A claim is taken once, so a claim whose tokens reach no one would lose the login for good.
+Claiming and issuing are therefore one step: if it does not end with the tokens in the
+reader's hands — the issue failed, the reader was cancelled, or (:meth:`LoginFlow.give_back`)
+its socket closed before they could be sent — the tokens are revoked and the claim given back,
+so the next reader of the scene logs in. A claim is never cut short by a waiter's timeout: the
+long-poll stops waiting for news at its deadline, not in the middle of a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from wxpush.callback.service import Claimed, Once, Retried, Scan
+from wxpush.clients.wechat import WeChatAPI
+from wxpush.config.settings import Account, Settings
+from wxpush.errors import BadRequest, NotFound
+from wxpush.infra.metrics import Metrics
+from wxpush.infra.ratelimit import RateLimiter
+from wxpush.login.scenes import CODES, Scene, SceneStore
+from wxpush.people.store import People
+from wxpush.sms.codes import SmsCodes, normalize_phone
+from wxpush.tokens.service import TokenService, new_family
+
+logger = logging.getLogger(__name__)
+
+GIVE_BACK_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries while Redis is away
+SETTLE_TIMEOUT = 2.0  # how long a shutdown waits for the give-backs still running
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFlow:
+    settings: Settings
+    scenes: SceneStore
+    people: People
+    tokens: TokenService
+    sms: SmsCodes
+    wechat: dict[str, WeChatAPI]
+    limiter: RateLimiter
+    metrics: Metrics
+    # Give-backs still running (a task must be referenced until it is done).
+    _undoing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
+
+    # -- scenes -----------------------------------------------------------------------------
+
+    async def create(self, account_name: str | None, *, ip: str) -> Scene:
+        """A new scene with its QR code, limited per IP."""
+        account = self._account(account_name)
+        await self.limiter.hit(
+            f"scenes:{ip}", limit=self.settings.scenes_per_minute_per_ip, window=60,
+            code="scene_rate_limited", what="new QR codes",
+        )  # fmt: skip
+        api = self.wechat[account.name]
+
+        async def make_qr(scene_str: str, expire_seconds: int) -> str:
+            return (await api.create_qrcode(scene_str, expire_seconds)).url
+
+        scene = await self.scenes.create(account.name, self.settings.qr_expire_seconds, make_qr)
+        self.metrics.scenes_created.labels(account.name).inc()
+        return scene
+
+    async def state(self, scene_id: str, *, heard: str | None = None) -> dict[str, Any]:
+        """What a waiting browser sees; the first reader of a ``REG`` scene gets the tokens.
+
+        ``heard`` is the status a waiter was just told the scene moved to (the scene's own
+        published message, sent by the same script as the move): ``NOT_REG`` is then the
+        state itself, with no read; ``REG`` goes straight to the claim.
+        """
+        if heard == "NOT_REG":
+            return status_body("NOT_REG")
+        if heard == "REG":
+            login = await self._claim(scene_id)
+            if login is not None:
+                return login
+        return await self._state_of(scene_id, await self.scenes.get(scene_id))
+
+    async def first_state(self, scene_id: str) -> tuple[dict[str, Any], float]:
+        """:meth:`state` for a waiter that has just subscribed, with the time its QR code
+        expires (for its expiry timer), from one read of the scene."""
+        scene = await self.scenes.get(scene_id)
+        return await self._state_of(scene_id, scene), (scene.expires_at if scene else 0.0)
+
+    async def _state_of(self, scene_id: str, scene: Scene | None) -> dict[str, Any]:
+        if scene is None:
+            return status_body("EXPIRED")
+        if scene.status == "LOOP":
+            return {**status_body("LOOP"), "expires_in": scene.expires_in(time.time())}
+        if scene.status != "REG":
+            return status_body(scene.status)
+        login = await self._claim(scene_id)
+        if login is None:
+            return {**status_body("REG"), "claimed": True}
+        return login
+
+    async def _claim(self, scene_id: str) -> dict[str, Any] | None:
+        """Claim the scene and issue its tokens; ``None`` when it was claimed already.
+
+        The claim is marked with the family of the tokens it is for, chosen before either
+        call, so that whatever stops this half-way, even before it is known whether the
+        claim went through, is undone exactly: that family revoked, that claim given back.
+        """
+        family = new_family()
+        try:
+            claim = await self.scenes.claim(scene_id, family)
+            if claim is None:
+                return None
+            pair = await self.tokens.issue(claim.user_id, new=claim.new, family=family)
+        except asyncio.CancelledError:  # no answer will carry the tokens
+            self._undo_later(scene_id, family)
+            raise
+        except Exception:
+            await self._undo(scene_id, family)
+            raise
+        return {**status_body("REG"), **pair}
+
+    def give_back(self, scene_id: str, state: dict[str, Any]) -> None:
+        """The login in ``state`` (a :meth:`state` with tokens) could not be handed to its
+        reader — its socket closed first: revoke the tokens and give the claim back, in the
+        background, so that the next reader of the scene logs in."""
+        self._undo_later(scene_id, refresh_token=state["refresh_token"])
+
+    async def settle(self) -> None:
+        """Wait for the give-backs still running (at shutdown, before Redis is closed)."""
+        if self._undoing:
+            await asyncio.wait(set(self._undoing), timeout=SETTLE_TIMEOUT)
+
+    async def _undo(self, scene_id: str, family: str) -> None:
+        """Revoke ``family`` and release its claim now; while Redis is away, keep trying in
+        the background (a claim left taken with no tokens out would lose the login)."""
+        try:
+            await self._revoke_and_release(scene_id, family)
+        except (RedisError, OSError):
+            self._undo_later(scene_id, family, first_delay=GIVE_BACK_RETRIES[0])
+
+    def _undo_later(
+        self, scene_id: str, family: str | None = None, *, refresh_token: str | None = None,
+        first_delay: float = 0.0,
+    ) -> None:  # fmt: skip
+        task = asyncio.ensure_future(
+            self._undo_retrying(scene_id, family, refresh_token, first_delay)
+        )
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
+
+    async def _undo_retrying(
+        self, scene_id: str, family: str | None, refresh_token: str | None, delay: float
+    ) -> None:
+        for retry in (*GIVE_BACK_RETRIES, None):
+            await asyncio.sleep(delay)
+            try:
+                if family is None and refresh_token is not None:
+                    family = await self.tokens.family_of(refresh_token)
+                if family is not None:
+                    await self._revoke_and_release(scene_id, family)
+                return
+            except (RedisError, OSError):
+                if retry is None:
+                    logger.warning("a login that reached no one could not be given back")
+                    return
+                delay = retry
+
+    async def _revoke_and_release(self, scene_id: str, family: str) -> None:
+        await self.tokens.revoke_family(family)
+        await self.scenes.release(scene_id, family)
+
+    async def qr_url(self, scene_id: str) -> str:
+        scene = await self.scenes.get(scene_id)
+        if scene is None:
+            raise NotFound("No such scene, or its QR code has expired.", code="scene_not_found")
+        return scene.qr_url
+
+    # -- the scan (from the WeChat callback) ------------------------------------------------
+
+    async def on_scan(self, scan: Scan, once: Once) -> Claimed | Retried | None:
+        """Resolve a login scan; answers the passive reply for the person in WeChat.
+
+        On the path from WeChat's callback to the browser's frame, so it costs one lookup of
+        the person (in place on SQLite) and one Redis round trip: the transition script
+        itself checks that the event is not a retry (claiming ``once``) and that the scene
+        exists, is this account's and is still waiting.
+        """
+        appid, account = scan.account.appid, scan.account.name
+        user_id = await self.people.user_id_of(appid, scan.openid)
+        new = False
+        if user_id is None and not self.settings.require_phone and not self.settings.login_only:
+            scene = await self.scenes.get(scan.scene_id)  # no one is created for a dead scene
+            if scene is None or scene.account != account or scene.status != "LOOP":
+                return None
+            user, new = await self.people.register_openid(appid, scan.openid)
+            user_id = user.id
+        status = "NOT_REG" if user_id is None else "REG"
+        moved = await self.scenes.mark_scanned(
+            scan.scene_id, account=account, openid=scan.openid, user_id=user_id, new=new,
+            once=once,
+        )  # fmt: skip
+        if isinstance(moved, Retried):
+            return moved
+        if not moved:  # unknown, expired, another account's, or already resolved
+            logger.info("scan changed nothing (account %s)", account)
+            return None
+        self.metrics.transitions.labels(status).inc()
+        if status == "NOT_REG":
+            return Claimed(self.settings.reply_finish_on_screen)
+        return Claimed(self.settings.reply_logged_in)
+
+    # -- phone binding ----------------------------------------------------------------------
+
+    async def send_code(self, scene_id: str, phone_raw: str, *, ip: str) -> int:
+        """Send an SMS code for a ``NOT_REG`` scene; returns seconds until a resend."""
+        await self.scenes.require(scene_id, "NOT_REG")
+        phone = normalize_phone(phone_raw)
+        return await self.sms.send(phone, ip=ip, scope=scene_id)
+
+    async def bind(self, scene_id: str, phone_raw: str, code: str) -> dict[str, Any]:
+        """Check the code, link or create the person, and answer with the tokens.
+
+        The code is spent only once the bind has gone through: a wrong one costs a try at
+        once, a right one stays valid through any failure on the way (the database or Redis
+        down: a 503, and the same code works again). The scene's move to ``REG`` is the
+        once-only step: of two binds with the right code, both may link the person (the
+        database keeps them one user), but only one moves the scene and answers with tokens;
+        the other's are revoked and it gets a 409.
+        """
+        scene = await self.scenes.require(scene_id, "NOT_REG")
+        if not (code.isascii() and code.isdigit()) or len(code) != 6:
+            raise BadRequest("The code is the 6 digits sent by SMS.", code="invalid_code")
+        phone = normalize_phone(phone_raw)
+        await self.sms.check(phone, code, scope=scene_id)
+        if scene.openid is None:  # pragma: no cover - NOT_REG always keeps the openid
+            raise BadRequest("This login has no WeChat identity.", code="scene_state")
+        account = self.settings.accounts[scene.account]
+        user, new = await self.people.bind_phone(
+            account.appid, scene.openid, phone,
+            link_by_phone=self.settings.link_by_phone, login_only=self.settings.login_only,
+        )  # fmt: skip
+        pair = await self._bound(scene_id, user.id, new)
+        # The scene is no longer NOT_REG, so the code (valid for this scene only) can prove
+        # nothing any more: spending it now is tidiness, and a failure here costs no one.
+        with suppress(RedisError, OSError):
+            await self.sms.consume(phone, code, scope=scene_id)
+        self.metrics.transitions.labels("REG").inc()
+        return {**status_body("REG"), **pair}
+
+    async def _bound(self, scene_id: str, user_id: str, new: bool) -> dict[str, Any]:
+        """Issue the tokens, then move the scene to ``REG`` claimed by them (as :meth:`_claim`,
+        undone if anything stops it half-way)."""
+        family = new_family()
+        try:
+            pair = await self.tokens.issue(user_id, new=new, family=family)
+            await self.scenes.mark_bound(scene_id, user_id=user_id, new=new, mark=family)
+        except asyncio.CancelledError:
+            self._undo_later(scene_id, family)
+            raise
+        except Exception:
+            await self._undo(scene_id, family)
+            raise
+        return pair
+
+    def _account(self, name: str | None) -> Account:
+        if name is None:
+            return self.settings.default_account
+        account = self.settings.accounts.get(name)
+        if account is None:
+            raise BadRequest(f"No WeChat account is named {name!r}.", code="unknown_account")
+        return account
+
+
+def status_body(status: str) -> dict[str, Any]:
+    return {"status": status, "code": CODES[status]}

@@ -1,0 +1,246 @@
+"""The scene state machine in Redis: create, resolve a scan, claim once, expire.
+
+A scene is one login attempt (one QR code, one waiting browser), a Redis hash
+``wxpush:scene:{id}`` that lives as long as its QR code::
+
+    LOOP ──scan, known person──▶ REG ──first read──▶ REG (claimed)
+      │                           ▲
+      └──scan, new person──▶ NOT_REG ──bind phone──┘ (claimed by the bind itself)
+    (key gone) = EXPIRED
+
+Every transition is one Lua script, so two processes can never both move a scene, and the
+token is handed out exactly once: the first reader of an unclaimed ``REG`` scene flips
+``claimed`` and only then are tokens minted (no token is ever stored). The claim is marked
+with the refresh-token family it is for, so a claim whose tokens never reached anyone (the
+reader left, or the issue failed) is given back by its own claimer only — ``claimed`` again
+``0``, for the next reader. Each change is PUBLISHed on ``wxpush:scene:{id}`` with the new
+status only — no secret crosses pub/sub; a waiter that hears it reads (and claims) from the
+store.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from wxpush.callback.service import Once, Retried
+from wxpush.errors import Conflict, Gone, NotFound
+from wxpush.infra.pipeline import HotCommands, hot_commands
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["LOOP", "REG", "NOT_REG", "EXPIRED"]
+CODES: dict[str, int] = {"EXPIRED": 1, "LOOP": 2, "REG": 3, "NOT_REG": 4}
+FINAL = frozenset({"REG", "EXPIRED"})
+SCENE_PREFIX = "login:"
+RESULT_GRACE = 120  # seconds a REG/NOT_REG scene outlives a QR about to expire
+
+# KEYS[1] scene (its channel has the same name); KEYS[2], when given, the de-dup key of the
+# callback that brings the change: if it is taken this is WeChat's retry, which changes
+# nothing and gets what the key holds; the move takes it. ARGV: from-status, to-status,
+# ttl-floor, the message to publish, the account the scene must belong to ('' = any), the
+# de-dup key's ttl and marker ('' without KEYS[2]), then field/value pairs to set. One round
+# trip checks, moves and tells.
+_MOVE = """
+local once = KEYS[2]
+if once then
+  local stored = redis.call('GET', once)
+  if stored then return {'RETRY', stored} end
+end
+local s = redis.call('HMGET', KEYS[1], 'status', 'account')
+if s[1] ~= ARGV[1] then return s[1] or false end
+if ARGV[5] ~= '' and s[2] ~= ARGV[5] then return 'OTHER_ACCOUNT' end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 8))
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[4])
+if once then redis.call('SET', once, ARGV[7], 'EX', ARGV[6]) end
+return 'OK'
+"""
+
+# KEYS[1] scene; ARGV[1] the claim's mark (the family of the tokens it is for). Returns
+# {user_id, new} to the one caller that claims, else the status.
+_CLAIM = """
+local s = redis.call('HMGET', KEYS[1], 'status', 'claimed', 'user_id', 'new')
+if s[1] ~= 'REG' then return s[1] or false end
+if s[2] == '1' then return 'CLAIMED' end
+redis.call('HSET', KEYS[1], 'claimed', '1', 'claim', ARGV[1])
+return {s[3], s[4]}
+"""
+
+# KEYS[1] scene; ARGV[1] the mark of the claim to give back. Only that claim is undone (a
+# scene gone meanwhile is not brought back).
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'claimed', '0')
+redis.call('HDEL', KEYS[1], 'claim')
+return 1
+"""
+
+
+def channel(scene_id: str) -> str:
+    """The pub/sub channel of a scene."""
+    return f"wxpush:scene:{scene_id}"
+
+
+def _key(scene_id: str) -> str:
+    return f"wxpush:scene:{scene_id}"
+
+
+def new_scene_id() -> str:
+    """128 random bits, URL-safe: the scene id is a bearer secret held by the browser."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    id: str
+    account: str
+    status: Status
+    qr_url: str
+    expires_at: float
+    openid: str | None = None
+    user_id: str | None = None
+    new: bool = False
+    claimed: bool = False
+
+    def expires_in(self, now: float) -> int:
+        return max(0, int(self.expires_at - now))
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of reading a REG scene: the claimer gets the user to mint tokens for."""
+
+    user_id: str
+    new: bool
+
+
+QRMaker = Callable[[str, int], Awaitable[str]]  # (scene_str, expire_seconds) -> QR url
+
+
+class SceneStore:
+    """Scenes in Redis. ``redis`` is a ``redis.asyncio.Redis`` (or the embedded store);
+    ``hot`` (default ``redis``) carries the reads and moves on the path of a login."""
+
+    def __init__(
+        self, redis: Any, hot: HotCommands | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._redis = redis
+        self._hot = hot_commands(redis, hot)
+        self._clock = clock
+        self._move = self._hot.register_script(_MOVE)
+        self._claim = self._hot.register_script(_CLAIM)
+        self._release = self._hot.register_script(_RELEASE)
+
+    async def create(self, account: str, expire_seconds: int, make_qr: QRMaker) -> Scene:
+        """Create a scene and its temporary QR code (``scene_str = login:{id}``)."""
+        scene_id = new_scene_id()
+        qr_url = await make_qr(SCENE_PREFIX + scene_id, expire_seconds)
+        expires_at = self._clock() + expire_seconds
+        fields = {"account": account, "status": "LOOP", "qr_url": qr_url,
+                  "expires_at": repr(expires_at), "claimed": "0"}  # fmt: skip
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key(scene_id), mapping=fields)
+            pipe.expire(_key(scene_id), expire_seconds)
+            await pipe.execute()
+        return Scene(scene_id, account, "LOOP", qr_url, expires_at)
+
+    async def get(self, scene_id: str) -> Scene | None:
+        """The scene, or ``None`` when unknown or expired."""
+        if not _plausible(scene_id):
+            return None
+        raw = await self._hot.hgetall(_key(scene_id))
+        if not raw:
+            return None
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return Scene(
+            id=scene_id,
+            account=f.get("account", ""),
+            status=f.get("status", "EXPIRED"),
+            qr_url=f.get("qr_url", ""),
+            expires_at=float(f.get("expires_at", "0")),
+            openid=f.get("openid") or None,
+            user_id=f.get("user_id") or None,
+            new=f.get("new") == "1",
+            claimed=f.get("claimed") == "1",
+        )
+
+    async def mark_scanned(self, scene_id: str, *, account: str, openid: str,
+                           user_id: str | None, new: bool = False,
+                           once: Once | None = None) -> bool | Retried:  # fmt: skip
+        """LOOP → REG (``user_id`` known) or NOT_REG (kept ``openid``). False unless the
+        scene exists, belongs to ``account`` and is ``LOOP``. With ``once`` (the callback's
+        de-dup key) the move also claims it, in the same script; :class:`Retried` when it
+        was claimed already (a retry of the event: nothing moves)."""
+        if user_id is None:
+            fields = {"openid": openid}
+            return await self._transition(scene_id, "LOOP", "NOT_REG", account, fields, once)
+        fields = {"openid": openid, "user_id": user_id, "new": _flag(new)}
+        return await self._transition(scene_id, "LOOP", "REG", account, fields, once)
+
+    async def mark_bound(self, scene_id: str, *, user_id: str, new: bool, mark: str) -> None:
+        """NOT_REG → REG, already claimed (with ``mark``, as :meth:`claim`): the bind answer
+        carries the tokens itself."""
+        fields = {"user_id": user_id, "new": _flag(new), "claimed": "1", "claim": mark}
+        moved = await self._transition(scene_id, "NOT_REG", "REG", "", fields)
+        if not moved:
+            raise Conflict("This login was already completed.", code="scene_state")
+
+    async def claim(self, scene_id: str, mark: str) -> Claim | None:
+        """Claim a REG scene's login once; ``None`` for every later reader (or another state).
+
+        ``mark`` (the family of the tokens the claim is for) is what :meth:`release` takes.
+        """
+        result = await self._claim(keys=[_key(scene_id)], args=[mark])
+        if isinstance(result, list):
+            user_id, new = (v.decode() for v in result)
+            return Claim(user_id, new == "1")
+        return None
+
+    async def release(self, scene_id: str, mark: str) -> None:
+        """Give back the claim made with ``mark``, if it is the scene's: the next reader
+        claims again. A claim that was never taken (or another's) is left as it is."""
+        await self._release(keys=[_key(scene_id)], args=[mark])
+
+    async def require(self, scene_id: str, status: Status) -> Scene:
+        """The scene if it is in ``status``: 404 unknown-but-plausible never; 410 expired."""
+        scene = await self.get(scene_id)
+        if scene is None:
+            if not _plausible(scene_id):
+                raise NotFound("No such scene.", code="scene_not_found")
+            raise Gone("This QR code has expired; show a new one.", code="scene_expired")
+        if scene.status != status:
+            raise Conflict(f"This login is {scene.status}, not {status}.", code="scene_state")
+        return scene
+
+    async def _transition(
+        self, scene_id: str, old: str, to: str, account: str, fields: dict[str, str],
+        once: Once | None = None,
+    ) -> bool | Retried:  # fmt: skip
+        # The message is the status and the publish time (for the push-latency metric);
+        # never a secret.
+        message = f"{to} {time.time():.6f}"
+        keys = [_key(scene_id)] if once is None else [_key(scene_id), once.key]
+        args: list[str | bytes | int] = [old, to, RESULT_GRACE, message, account]
+        args += ["", ""] if once is None else [once.ttl, once.marker]
+        for name, value in fields.items():
+            args += [name, value]
+        result: bytes | list[bytes] | None = await self._move(keys=keys, args=args)
+        if isinstance(result, list):
+            return Retried(result[1])
+        return result == b"OK"
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _plausible(scene_id: str) -> bool:
+    """Ids are 22 URL-safe characters; anything else cannot be a scene."""
+    return len(scene_id) == 22 and all(c.isalnum() or c in "-_" for c in scene_id)

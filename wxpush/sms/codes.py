@@ -1,0 +1,368 @@
+"""SMS codes that prove a phone number: sent under limits, stored hashed, tried a few times.
+
+Everything lives in Redis, shared by every process:
+
+- ``wxpush:sms:code:{scope}:{phone}`` — a hash ``{digest, left, exp}``: the HMAC of the code
+  (never the code), the tries left and the expiry by our clock; the key's TTL cleans up.
+  ``scope`` is the scene the code was sent for, so a code proves nothing elsewhere.
+- ``wxpush:sms:next:{phone}`` — when the phone may get another code (the resend interval).
+- ``wxpush:sms:day:{phone}`` and ``wxpush:sms:ip:{ip}`` — sliding logs (sorted sets of send
+  times) for the per-day-per-phone and per-hour-per-IP limits. A sliding log is exact where a
+  fixed window would let twice the limit through across a boundary, and the logs stay tiny.
+
+Checking and consuming the limits is one Lua script, and so is a check of a code, so that
+concurrent requests can neither exceed a limit nor get more than ``sms_max_tries`` guesses.
+A send whose provider fails gives its reservation back: the person may retry at once. A right
+code is spent only by :meth:`SmsCodes.consume`, once what it proves has been put to use (a
+phone bound): a bind that fails on the way (the database is down) leaves the code as it was.
+
+The digest is an HMAC keyed with the accounts' secrets: a bare hash of a six-digit code falls
+to a million guesses, so a copy of Redis alone must not reveal live codes. Codes and full phone
+numbers are never logged; the console provider's print of the code is its whole purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httpx
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+from wxpush.clients import outbound
+from wxpush.config.settings import Settings
+from wxpush.errors import BadGateway, BadRequest, Gone, RateLimited
+from wxpush.people.store import mask_phone
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_TIMEOUT = 5.0
+CODE_DIGITS = 6
+_MAX_INPUT = 40  # longer "phone numbers" are not parsed at all
+_NOT_FOR_SMS = frozenset(
+    {
+        PhoneNumberType.FIXED_LINE,
+        PhoneNumberType.TOLL_FREE,
+        PhoneNumberType.PREMIUM_RATE,
+        PhoneNumberType.SHARED_COST,
+    }
+)
+_INVALID_PHONE = (
+    "That is not a valid mobile phone number; enter it like 13800138000 or +86 138 0013 8000."
+)
+
+# KEYS: next, day log, ip log. ARGV: now_ms, interval_ms, day limit, ip limit, member, next.
+# Answers {verdict, ms to wait}; on "ok" the send is recorded in all three keys.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local next_ok = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next_ok > now then return {'interval', next_ok - now} end
+local logs = {{KEYS[2], 86400000, tonumber(ARGV[3]), 'phone'},
+              {KEYS[3], 3600000, tonumber(ARGV[4]), 'ip'}}
+for _, log in ipairs(logs) do
+  redis.call('ZREMRANGEBYSCORE', log[1], '-inf', now - log[2])
+  local n = redis.call('ZCARD', log[1])
+  if n >= log[3] then
+    local freed = redis.call('ZRANGE', log[1], n - log[3], n - log[3], 'WITHSCORES')
+    return {log[4], tonumber(freed[2]) + log[2] - now}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[2])
+for _, log in ipairs(logs) do
+  redis.call('ZADD', log[1], now, ARGV[5])
+  redis.call('PEXPIRE', log[1], log[2])
+end
+return {'ok', 0}
+"""
+
+# Undo a reservation whose SMS could not be sent. KEYS as above; ARGV: member, next.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 0
+"""
+
+# KEYS: the code. ARGV: digest, now_ms, '1' to spend a right code ('0' to keep it). Answers
+# {verdict, tries left}; a wrong code costs a try.
+_VERIFY = """
+local code = redis.call('HMGET', KEYS[1], 'digest', 'left', 'exp')
+if not code[1] then return {'none', 0} end
+if tonumber(code[3]) <= tonumber(ARGV[2]) then return {'expired', 0} end
+if tonumber(code[2]) <= 0 then return {'spent', 0} end
+if code[1] == ARGV[1] then
+  if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
+  return {'ok', 0}
+end
+return {'wrong', redis.call('HINCRBY', KEYS[1], 'left', -1)}
+"""
+
+# KEYS: the code. ARGV: digest. Spends the code only if it is still this one (not a newer
+# code sent meanwhile).
+_CONSUME = """
+if redis.call('HGET', KEYS[1], 'digest') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def normalize_phone(raw: str) -> str:
+    """Parse a phone number as people type it and return it in E.164 (``+8613800138000``).
+
+    A number without a ``+`` is read as a mainland China number (so ``13800138000`` means
+    +86); landlines and other numbers that cannot receive SMS are refused with a 400.
+    """
+    text = raw.strip()
+    if not text or len(text) > _MAX_INPUT:
+        raise BadRequest(_INVALID_PHONE, code="invalid_phone")
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else "CN")
+    except phonenumbers.NumberParseException as exc:
+        raise BadRequest(_INVALID_PHONE, code="invalid_phone") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise BadRequest(_INVALID_PHONE, code="invalid_phone")
+    if phonenumbers.number_type(number) in _NOT_FOR_SMS:
+        raise BadRequest(
+            "That number cannot receive text messages; enter a mobile number.",
+            code="invalid_phone",
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class SmsProvider(Protocol):
+    """Delivers a code; raises :class:`~wxpush.errors.BadGateway` when it could not."""
+
+    async def send(self, phone: str, code: str, expires_in: int) -> None: ...
+
+
+class ConsoleProvider:
+    """Prints the code on stdout, for development and the demo; sends nothing.
+
+    It also keeps the latest code per phone in Redis (``wxpush:sms:console:last:{phone}``,
+    for the code's lifetime) so that the sandbox can show it on a page.
+    """
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+
+    async def send(self, phone: str, code: str, expires_in: int) -> None:
+        await self._redis.set(_console_key(phone), code, ex=expires_in)
+        print(  # deliberate: showing the code is this provider's whole job
+            f"[wxpush] SMS code for {mask_phone(phone)}: {code} (valid {expires_in} s)",
+            flush=True,
+        )
+
+    async def latest(self, phone: str) -> str | None:
+        """The last code "sent" to ``phone`` while it is still valid."""
+        value = await self._redis.get(_console_key(phone))
+        return None if value is None else _text(value)
+
+
+class WebhookProvider:
+    """POSTs ``{"phone", "code", "expires_in"}`` as JSON to a URL; any 2xx means sent.
+
+    The receiver bridges to a real SMS vendor. Anything else — another status, a network
+    error, no answer within 5 s — is a 502 for the caller, and the send is not counted. A
+    kept-alive connection that the receiver closed just as the code went out on it is no
+    failure: the code goes out again on a new one (see :mod:`wxpush.clients.outbound`).
+    """
+
+    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+        self._http = http
+        self._url = url
+
+    async def send(self, phone: str, code: str, expires_in: int) -> None:
+        body = {"phone": phone, "code": code, "expires_in": expires_in}
+        try:
+            response = await outbound.post(
+                self._http, self._url, json=body, timeout=WEBHOOK_TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            logger.warning("SMS webhook unreachable for %s: %r", mask_phone(phone), exc)
+            raise _sms_failed() from exc
+        if not response.is_success:
+            logger.warning(
+                "SMS webhook answered %d for %s", response.status_code, mask_phone(phone)
+            )
+            raise _sms_failed()
+
+
+def make_provider(settings: Settings, *, http: httpx.AsyncClient, redis: Any) -> SmsProvider:
+    """The provider ``WXPUSH_SMS_PROVIDER`` names."""
+    if settings.sms_provider == "webhook":
+        if not settings.sms_webhook_url:
+            raise ValueError("the webhook SMS provider needs WXPUSH_SMS_WEBHOOK_URL")
+        return WebhookProvider(http, settings.sms_webhook_url)
+    return ConsoleProvider(redis)
+
+
+class SmsCodes:
+    """Send and verify one-time codes under the limits of ``settings``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Any,
+        provider: SmsProvider,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._provider = provider
+        self._clock = clock
+        self._key = _hmac_key(settings)
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
+        self._verify = redis.register_script(_VERIFY)
+        self._consume = redis.register_script(_CONSUME)
+
+    async def send(self, phone: str, *, ip: str, scope: str) -> int:
+        """Send a fresh code to ``phone`` (E.164) for ``scope``; return seconds until a resend.
+
+        Raises :class:`RateLimited` (``Retry-After`` = seconds until allowed) past a limit and
+        :class:`BadGateway` when the provider fails, in which case nothing is consumed.
+        """
+        s = self._settings
+        now = self._now_ms()
+        member, next_ok = f"{now}:{secrets.token_hex(4)}", str(now + s.sms_interval * 1000)
+        keys = [f"wxpush:sms:next:{phone}", f"wxpush:sms:day:{phone}", f"wxpush:sms:ip:{ip}"]
+        limits = [s.sms_per_day_per_phone, s.sms_per_hour_per_ip]
+        args = [now, s.sms_interval * 1000, *limits, member, next_ok]
+        verdict, wait_ms = await self._reserve(keys=keys, args=args)
+        if _text(verdict) != "ok":
+            raise _rate_limited(_text(verdict), math.ceil(int(wait_ms) / 1000))
+        code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
+        try:
+            await self._provider.send(phone, code, s.sms_code_ttl)
+        except Exception:
+            await self._release(keys=keys, args=[member, next_ok])
+            raise
+        await self._store(phone, scope, code, now)
+        logger.info("SMS code sent to %s", mask_phone(phone))
+        return s.sms_interval
+
+    async def verify(self, phone: str, code: str, *, scope: str) -> None:
+        """Accept the code once (:meth:`check`, then spent at once)."""
+        await self._try(phone, code, scope, spend=True)
+
+    async def check(self, phone: str, code: str, *, scope: str) -> None:
+        """Check the code without spending it; a wrong one costs one of the tries left.
+
+        The caller spends a right code with :meth:`consume` once it has done what the code
+        allows; until then the code stays valid (a failure on the way costs the person
+        nothing).
+
+        Raises :class:`BadRequest` (``wrong_code``, ``no_code``, ``invalid_code``) or
+        :class:`Gone` (``code_spent`` after too many wrong tries, ``code_expired``).
+        """
+        await self._try(phone, code, scope, spend=False)
+
+    async def consume(self, phone: str, code: str, *, scope: str) -> None:
+        """Spend a code that :meth:`check` accepted (if no newer code replaced it)."""
+        digest = self._digest(phone, scope, code.strip())
+        await self._consume(keys=[_code_key(phone, scope)], args=[digest])
+
+    async def _try(self, phone: str, code: str, scope: str, *, spend: bool) -> None:
+        code = code.strip()
+        if len(code) != CODE_DIGITS or not (code.isascii() and code.isdigit()):
+            raise BadRequest("The code is the 6 digits sent by SMS.", code="invalid_code")
+        digest = self._digest(phone, scope, code)
+        keys = [_code_key(phone, scope)]
+        args = [digest, self._now_ms(), "1" if spend else "0"]
+        verdict, left = await self._verify(keys=keys, args=args)
+        _check_verdict(_text(verdict), int(left))
+
+    async def _store(self, phone: str, scope: str, code: str, now: int) -> None:
+        ttl = self._settings.sms_code_ttl
+        fields = {
+            "digest": self._digest(phone, scope, code),
+            "left": self._settings.sms_max_tries,
+            "exp": now + ttl * 1000,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_code_key(phone, scope))  # a new code replaces the old, tries and all
+            pipe.hset(_code_key(phone, scope), mapping=fields)
+            pipe.expire(_code_key(phone, scope), ttl)
+            await pipe.execute()
+
+    def _digest(self, phone: str, scope: str, code: str) -> str:
+        message = f"{scope}\0{phone}\0{code}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+
+def _check_verdict(verdict: str, left: int) -> None:
+    if verdict == "ok":
+        return
+    if verdict == "wrong":
+        if left > 0:
+            plural = "try" if left == 1 else "tries"
+            raise BadRequest(f"The code is wrong; {left} {plural} left.", code="wrong_code")
+        raise BadRequest(
+            "The code is wrong and no tries are left; ask for a new code.", code="wrong_code"
+        )
+    if verdict == "spent":
+        raise Gone("This code had too many wrong tries; ask for a new one.", code="code_spent")
+    if verdict == "expired":
+        raise Gone("This code has expired; ask for a new one.", code="code_expired")
+    raise BadRequest(
+        "No code is waiting for this phone (or it has expired); ask for a new one.",
+        code="no_code",
+    )
+
+
+_LIMIT_MESSAGES = {
+    "interval": "A code was just sent to this phone; you can ask for another in {wait}.",
+    "phone": "This phone has had too many codes in the last 24 hours; try again in {wait}.",
+    "ip": "Too many codes were asked for from your network; try again in {wait}.",
+}
+
+
+def _rate_limited(which: str, seconds: int) -> RateLimited:
+    seconds = max(1, seconds)
+    message = _LIMIT_MESSAGES[which].format(wait=_duration(seconds))
+    return RateLimited(message, retry_after=seconds, code="sms_rate_limited")
+
+
+def _duration(seconds: int) -> str:
+    """Seconds in the unit a person would use: 45 s, 12 min, 3 h."""
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{math.ceil(seconds / 3600)} h"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _sms_failed() -> BadGateway:
+    return BadGateway("The text message could not be sent; try again.", code="sms_failed")
+
+
+def _code_key(phone: str, scope: str) -> str:
+    return f"wxpush:sms:code:{scope}:{phone}"
+
+
+def _console_key(phone: str) -> str:
+    return f"wxpush:sms:console:last:{phone}"
+
+
+def _hmac_key(settings: Settings) -> bytes:
+    """A key every process derives alike from secrets that are not in Redis."""
+    material = hashlib.sha256(b"wxpush sms code v1")
+    for account in sorted(settings.accounts.values(), key=lambda a: a.name):
+        for part in (account.appid, account.token, account.secret or ""):
+            material.update(part.encode() + b"\0")
+    material.update((settings.jwt_secret or "").encode())
+    return material.digest()
