@@ -57,7 +57,7 @@ async def receive() -> dict[str, object]:
 
 def loggers() -> tuple[logging.Logger, logging.Logger]:
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    ours, theirs = logging.getLogger("wxpush.web.access"), logging.getLogger("uvicorn.access")
+    ours, theirs = logging.getLogger("wxpush.access"), logging.getLogger("uvicorn.access")
     uvicorn_format = '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'
     for logger, formatter in (
         (ours, DefaultFormatter("%(levelprefix)s %(name)s: %(message)s")),

@@ -17,7 +17,7 @@ import httpx
 
 from tests.fakewechat import APPID, SECRET
 from wxpush.clients.wechat import WeChatAPI
-from wxpush.config.settings import Account
+from wxpush.config.accounts import Account
 from wxpush.infra.redis_client import open_redis
 
 

@@ -54,7 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import TIMEOUT, free_port, wait_for
-from wxpush.config.settings import Account
+from wxpush.config.accounts import Account
 
 APPID = "wxfake0123456789"
 SECRET = "fakesecret0123456789abcdef012345"

@@ -16,16 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.pg import PostgresServer
 from tests.util import free_port
 from wxpush.errors import Conflict, Forbidden, Unavailable
-from wxpush.people.store import (
-    PROVIDER,
-    SQLITE_BUSY_MS,
-    Identity,
-    People,
-    identities,
-    mask_phone,
-    open_engine,
-    users,
-)
+from wxpush.infra.sql import SQLITE_BUSY_MS, open_engine
+from wxpush.people.schema import PROVIDER, Identity, identities, users
+from wxpush.people.store import People
+from wxpush.sms.phone import mask_phone
 
 APPID = "wx0123456789abcdef"
 PHONE = "+8613800138000"

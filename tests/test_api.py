@@ -21,7 +21,7 @@ from tests import fakewechat
 from tests.conftest import TIMEOUT, free_port
 from tests.fakewechat import FakeWeChat
 from wxpush.clients.wechat import QRCode, WeChatAPI
-from wxpush.config.settings import Account
+from wxpush.config.accounts import Account
 from wxpush.errors import BadGateway, Unavailable, WeChatAPIError
 from wxpush.infra.redis_client import open_connections, open_redis
 

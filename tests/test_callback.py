@@ -22,7 +22,7 @@ from tests.conftest import RedisServer
 from tests.server import keepalive_closer, serve
 from tests.util import TIMEOUT
 from wxpush.app import create_app
-from wxpush.callback.service import Scan
+from wxpush.callback.scan import Scan
 from wxpush.config.settings import Settings
 from wxpush.wechat.crypto import MessageCrypto
 from wxpush.wechat.messages import TextMessage, parse_fields, parse_message

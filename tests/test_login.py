@@ -30,7 +30,7 @@ from tests.server import serve
 from tests.util import TIMEOUT, wait_for
 from wxpush.app import create_app
 from wxpush.config.settings import Settings
-from wxpush.people.store import open_engine
+from wxpush.infra.sql import open_engine
 from wxpush.wechat.crypto import MessageCrypto
 from wxpush.wechat.messages import TextMessage, parse_fields, parse_message
 

@@ -31,8 +31,8 @@ from tests.test_login import (
     start,
 )
 from tests.util import TIMEOUT, wait_for
+from wxpush.infra import sql
 from wxpush.login.scenes import SceneStore
-from wxpush.people import store as accounts
 
 __all__ = ["database_url", "sms_inbox", "start"]  # fixtures shared with test_login
 
@@ -49,7 +49,7 @@ def outage(
     """A context in which the test's database cannot be written."""
     if database_url.startswith("sqlite"):
         # A locked SQLite file fails a write after the busy timeout: keep that short here.
-        monkeypatch.setattr(accounts, "SQLITE_BUSY_MS", 200)
+        monkeypatch.setattr(sql, "SQLITE_BUSY_MS", 200)
         path = database_url.split(":///", 1)[1]
 
         @contextmanager

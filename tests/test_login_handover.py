@@ -36,10 +36,12 @@ from tests.util import TIMEOUT, wait_for
 from wxpush.config.settings import Settings
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.ratelimit import RateLimiter
+from wxpush.infra.sql import open_engine
 from wxpush.login.flow import LoginFlow
 from wxpush.login.scenes import SceneStore
-from wxpush.people.store import People, open_engine
-from wxpush.sms.codes import ConsoleProvider, SmsCodes
+from wxpush.people.store import People
+from wxpush.sms.codes import SmsCodes
+from wxpush.sms.providers import ConsoleProvider
 from wxpush.tokens.service import TokenService
 
 __all__ = ["sms_inbox", "start"]  # fixtures shared with test_login
@@ -322,9 +324,9 @@ async def flow(redis_url: str, tmp_path: Path) -> Any:
     engine = open_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
     people = People(engine)
     yield LoginFlow(
-        settings=settings, scenes=SceneStore(client), people=people,
-        tokens=TokenService(settings, client),
-        sms=SmsCodes(settings, client, ConsoleProvider(client)), wechat={},
+        policy=settings.login_policy(), accounts=settings.accounts, scenes=SceneStore(client),
+        people=people, tokens=TokenService(settings.token_policy(), client),
+        sms=SmsCodes(settings.sms_policy(), client, ConsoleProvider(client)), wechat={},
         limiter=RateLimiter(client), metrics=Metrics(),
     )  # fmt: skip
     people.close()

@@ -123,7 +123,7 @@ def test_the_log_names_routes_and_keeps_the_secrets_out(
     for line in lines:  # client, method, route, status, duration
         assert re.search(rf"wxpush\.access: 127\.0\.0\.1 {re.escape(line)} \d+\.\dms", log), line
     assert_kept_out(secrets_used, log)
-    assert "?" not in "".join(ln for ln in log.splitlines() if "wxpush.web.access" in ln)
+    assert "?" not in "".join(ln for ln in log.splitlines() if "wxpush.access" in ln)
 
 
 def assert_kept_out(values: list[str], log: str) -> None:
@@ -159,7 +159,7 @@ def test_wxpush_messages_follow_the_log_level(cluster: Cluster, workers: str) ->
     quiet = cluster.start_server(WXPUSH_LOG_LEVEL="warning")
     assert httpx.post(quiet.url + "/api/v1/scenes", json={}, timeout=TIMEOUT).status_code == 201
     assert "wxpush ready" not in quiet.log()
-    assert "wxpush.web.access" not in quiet.log()
+    assert "wxpush.access" not in quiet.log()
     server = cluster.start_server("--workers", workers, WXPUSH_LOG_LEVEL="INFO")
     wait_for(lambda: server.log().count("wxpush ready: accounts default") == int(workers))
     assert "wxpush.lifespan: wxpush ready" in server.log()

@@ -18,7 +18,8 @@ from tests import fakewechat, test_push
 from tests.procs import ServerProcess, run_demo
 from tests.test_push import Cluster
 from tests.util import TIMEOUT
-from wxpush.config.settings import Settings, SettingsError
+from wxpush.config.settings import Settings
+from wxpush.errors import SettingsError
 from wxpush.web import origins
 
 fake_wechat = fakewechat.fake_wechat

@@ -22,7 +22,8 @@ from tests import fakewechat, test_push
 from tests.test_cli import wxpush
 from tests.test_push import Cluster, frame
 from tests.util import TIMEOUT
-from wxpush.config.settings import Settings, SettingsError
+from wxpush.config.settings import Settings
+from wxpush.errors import SettingsError
 
 fake_wechat = fakewechat.fake_wechat
 cluster = test_push.cluster

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests import wire
-from wxpush.config.settings import Settings, SettingsError
+from wxpush.config.settings import Settings
+from wxpush.errors import SettingsError
 
 BASE = {"WXPUSH_APPID": wire.APPID, "WXPUSH_APPSECRET": "s3cret", "WXPUSH_TOKEN": wire.TOKEN}
 

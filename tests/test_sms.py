@@ -22,15 +22,10 @@ from tests.server import keepalive_closer, serve
 from tests.util import free_port
 from wxpush.config.settings import Settings
 from wxpush.errors import BadGateway, BadRequest, Gone, RateLimited
-from wxpush.sms import codes as sms
-from wxpush.sms.codes import (
-    ConsoleProvider,
-    SmsCodes,
-    SmsProvider,
-    WebhookProvider,
-    make_provider,
-    normalize_phone,
-)
+from wxpush.sms import providers as sms
+from wxpush.sms.codes import SmsCodes
+from wxpush.sms.phone import normalize_phone
+from wxpush.sms.providers import ConsoleProvider, SmsProvider, WebhookProvider, make_provider
 
 PHONE = "+8613800138000"
 IP = "203.0.113.7"
@@ -114,11 +109,13 @@ def clock() -> Clock:
 
 @pytest.fixture
 def codes(redis: Redis, http: httpx.AsyncClient, receiver: Receiver, clock: Clock) -> SmsCodes:
-    return SmsCodes(make_settings(), redis, WebhookProvider(http, receiver.url), clock=clock)
+    return SmsCodes(
+        make_settings().sms_policy(), redis, WebhookProvider(http, receiver.url), clock=clock
+    )
 
 
 def codes_with(redis: Redis, provider: SmsProvider, clock: Clock, **env: str) -> SmsCodes:
-    return SmsCodes(make_settings(**env), redis, provider, clock=clock)
+    return SmsCodes(make_settings(**env).sms_policy(), redis, provider, clock=clock)
 
 
 # -- phone numbers -----------------------------------------------------------------------------
@@ -499,8 +496,10 @@ async def test_console_prints_and_keeps_the_latest_code(
 
 
 async def test_make_provider(redis: Redis, http: httpx.AsyncClient) -> None:
-    assert isinstance(make_provider(make_settings(), http=http, redis=redis), ConsoleProvider)
+    assert isinstance(
+        make_provider(make_settings().sms_policy(), http=http, redis=redis), ConsoleProvider
+    )
     webhook = make_settings(
         WXPUSH_SMS_PROVIDER="webhook", WXPUSH_SMS_WEBHOOK_URL="https://sms.example/send"
     )
-    assert isinstance(make_provider(webhook, http=http, redis=redis), WebhookProvider)
+    assert isinstance(make_provider(webhook.sms_policy(), http=http, redis=redis), WebhookProvider)

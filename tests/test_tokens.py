@@ -21,14 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
 
-from wxpush.config.settings import Settings, SettingsError
-from wxpush.errors import Unauthorized
-from wxpush.tokens.service import (
-    Claims,
-    TokenService,
-    generate_key_file,
-    load_or_create_signing_key,
-)
+from wxpush.config.settings import Settings
+from wxpush.errors import SettingsError, Unauthorized
+from wxpush.tokens.keys import generate_key_file, load_or_create_signing_key
+from wxpush.tokens.service import Claims, TokenService
 
 SECRET = "an-hs256-secret-that-is-long-enough-0123456789"
 
@@ -110,7 +106,7 @@ def test_readable_key_file_is_reported(tmp_path: Path, caplog: pytest.LogCapture
     path = tmp_path / "key.pem"
     generate_key_file(path)
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="wxpush.tokens.service"):
+    with caplog.at_level(logging.WARNING, logger="wxpush.tokens.keys"):
         load_or_create_signing_key(path)
     assert "chmod 600" in caplog.text
     assert path.read_text() not in caplog.text
@@ -119,9 +115,9 @@ def test_readable_key_file_is_reported(tmp_path: Path, caplog: pytest.LogCapture
 async def test_service_keeps_kid_across_restarts(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
         settings = make_settings(tmp_path)
-        kid = TokenService(settings, redis_client).kid
+        kid = TokenService(settings.token_policy(), redis_client).kid
         assert stat.S_IMODE((tmp_path / "key.pem").stat().st_mode) == 0o600
-        assert TokenService(settings, redis_client).kid == kid
+        assert TokenService(settings.token_policy(), redis_client).kid == kid
 
 
 @pytest.mark.parametrize(
@@ -157,14 +153,14 @@ async def test_generate_key_file(tmp_path: Path, redis_url: str) -> None:
         path = tmp_path / "key.pem"
         kid = generate_key_file(path)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert TokenService(make_settings(tmp_path), redis_client).kid == kid
+        assert TokenService(make_settings(tmp_path).token_policy(), redis_client).kid == kid
         with pytest.raises(FileExistsError):
             generate_key_file(path)
-        assert TokenService(make_settings(tmp_path), redis_client).kid == kid
+        assert TokenService(make_settings(tmp_path).token_policy(), redis_client).kid == kid
         new_kid = generate_key_file(path, force=True)
         assert new_kid != kid
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert TokenService(make_settings(tmp_path), redis_client).kid == new_kid
+        assert TokenService(make_settings(tmp_path).token_policy(), redis_client).kid == new_kid
 
 
 # --- access tokens ----------------------------------------------------------------------------
@@ -175,7 +171,7 @@ async def test_access_token_verifies_against_jwks(tmp_path: Path, redis_url: str
         settings = make_settings(
             tmp_path, WXPUSH_JWT_ISSUER="https://id.example", WXPUSH_JWT_AUDIENCE="shop"
         )
-        service = TokenService(settings, redis_client)
+        service = TokenService(settings.token_policy(), redis_client)
         pair = await service.issue("user-1", new=True)
         assert set(pair) == {"access_token", "token_type", "expires_in", "refresh_token", "user"}
         assert pair["token_type"] == "Bearer"
@@ -218,7 +214,7 @@ async def test_lifetime_and_expiry_follow_the_clock(tmp_path: Path, redis_url: s
     async with Redis.from_url(redis_url) as redis_client:
         clock = Clock()
         settings = make_settings(tmp_path, WXPUSH_ACCESS_TOKEN_TTL_SECONDS="60")
-        service = TokenService(settings, redis_client, clock=clock)
+        service = TokenService(settings.token_policy(), redis_client, clock=clock)
         pair = await service.issue("u", new=False)
         assert pair["expires_in"] == 60
         claims = service.verify(pair["access_token"])
@@ -232,7 +228,7 @@ async def test_lifetime_and_expiry_follow_the_clock(tmp_path: Path, redis_url: s
 async def test_token_from_the_future_is_refused(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
         clock = Clock()
-        service = TokenService(make_settings(tmp_path), redis_client, clock=clock)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client, clock=clock)
         token = (await service.issue("u", new=False))["access_token"]
         clock.now -= 3600
         unauthorized(service, token)
@@ -240,7 +236,9 @@ async def test_token_from_the_future_is_refused(tmp_path: Path, redis_url: str) 
 
 async def test_hs256_mode(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path, WXPUSH_JWT_SECRET=SECRET), redis_client)
+        service = TokenService(
+            make_settings(tmp_path, WXPUSH_JWT_SECRET=SECRET).token_policy(), redis_client
+        )
         assert service.jwks() == {"keys": []}
         assert not (tmp_path / "key.pem").exists()  # no key file in HS256 mode
         token = (await service.issue("u", new=True))["access_token"]
@@ -253,7 +251,7 @@ async def test_hs256_mode(tmp_path: Path, redis_url: str) -> None:
         assert decoded["sub"] == "u"
         assert service.verify(token).user_id == "u"
 
-        es256 = TokenService(make_settings(tmp_path), redis_client)
+        es256 = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         unauthorized(es256, token)  # an HS256 token means nothing to an ES256 server
         unauthorized(service, (await es256.issue("u", new=True))["access_token"])
 
@@ -262,13 +260,13 @@ async def test_short_hs256_secret_is_a_settings_error(tmp_path: Path, redis_url:
     settings = make_settings(tmp_path, WXPUSH_JWT_SECRET="short")
     async with Redis.from_url(redis_url) as redis_client:
         with pytest.raises(SettingsError, match="WXPUSH_JWT_SECRET"):
-            TokenService(settings, redis_client)
+            TokenService(settings.token_policy(), redis_client)
 
 
 async def test_forged_tokens_are_refused(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
         clock = Clock()
-        service = TokenService(make_settings(tmp_path), redis_client, clock=clock)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client, clock=clock)
         good = (await service.issue("u", new=False))["access_token"]
         payload = jwt.decode(good, options={"verify_signature": False})
         kid = service.kid
@@ -320,7 +318,7 @@ async def refresh_error(service: TokenService, token: str) -> str:
 
 async def test_refresh_rotates(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path), redis_client)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         first = await service.issue("user-7", new=True)
         second = await service.refresh(first["refresh_token"])
         assert set(second) == set(first)
@@ -333,7 +331,7 @@ async def test_refresh_rotates(tmp_path: Path, redis_url: str) -> None:
 
 async def test_reuse_revokes_the_family(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path), redis_client)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         first = await service.issue("u", new=True)
         other = await service.issue("u", new=False)  # another login of the same person
         second = await service.refresh(first["refresh_token"])
@@ -346,7 +344,7 @@ async def test_reuse_revokes_the_family(tmp_path: Path, redis_url: str) -> None:
 async def test_unknown_and_expired_refresh_tokens(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
         settings = make_settings(tmp_path, WXPUSH_REFRESH_TOKEN_TTL_SECONDS="100")
-        service = TokenService(settings, redis_client)
+        service = TokenService(settings.token_policy(), redis_client)
         assert await refresh_error(service, "nope") == "invalid_refresh_token"
         assert await refresh_error(service, "") == "invalid_refresh_token"
         pair = await service.issue("u", new=True)
@@ -360,7 +358,7 @@ async def test_spent_token_remembered_for_its_remaining_life(
     tmp_path: Path, redis_url: str
 ) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path), redis_client)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         first = await service.issue("u", new=True)
         digest = hashlib.sha256(first["refresh_token"].encode()).hexdigest()
         [key] = [k async for k in redis_client.scan_iter() if digest.encode() in k]
@@ -371,7 +369,7 @@ async def test_spent_token_remembered_for_its_remaining_life(
 
 async def test_concurrent_refreshes_one_winner(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path), redis_client)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         pair = await service.issue("u", new=True)
         results = await asyncio.gather(
             *(service.refresh(pair["refresh_token"]) for _ in range(20)), return_exceptions=True
@@ -385,7 +383,7 @@ async def test_concurrent_refreshes_one_winner(tmp_path: Path, redis_url: str) -
 
 async def test_logout(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path), redis_client)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         pair = await service.issue("u", new=True)
         rotated = await service.refresh(pair["refresh_token"])
         await service.logout(rotated["refresh_token"])
@@ -399,7 +397,7 @@ async def test_logout_with_an_older_token_revokes_the_current_one(
     tmp_path: Path, redis_url: str
 ) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path), redis_client)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         pair = await service.issue("u", new=True)
         rotated = await service.refresh(pair["refresh_token"])
         await service.logout(pair["refresh_token"])
@@ -408,7 +406,7 @@ async def test_logout_with_an_older_token_revokes_the_current_one(
 
 async def test_refresh_tokens_are_stored_hashed(tmp_path: Path, redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis_client:
-        service = TokenService(make_settings(tmp_path), redis_client)
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
         first = await service.issue("u", new=True)
         second = await service.refresh(first["refresh_token"])
         third = await service.issue("v", new=True)
@@ -435,7 +433,7 @@ async def test_redis_errors_propagate(tmp_path: Path) -> None:
     import redis.exceptions
 
     client = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
-    service = TokenService(make_settings(tmp_path), client)
+    service = TokenService(make_settings(tmp_path).token_policy(), client)
     with pytest.raises(redis.exceptions.ConnectionError):
         await service.issue("u", new=True)
     with pytest.raises(redis.exceptions.ConnectionError):
@@ -448,7 +446,7 @@ async def test_rotation_on_the_embedded_store(tmp_path: Path) -> None:
     from fakeredis import FakeAsyncRedis
 
     async with FakeAsyncRedis() as fake:
-        service = TokenService(make_settings(tmp_path), fake)
+        service = TokenService(make_settings(tmp_path).token_policy(), fake)
         first = await service.issue("u", new=True)
         second = await service.refresh(first["refresh_token"])
         assert second["user"] == {"id": "u", "new": False}

@@ -7,7 +7,9 @@ tests call :func:`create_app` with their own :class:`Settings`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,19 +19,19 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 import wxpush
 from wxpush import sandbox
-from wxpush.callback.service import ScanHandler
+from wxpush.callback.scan import ScanHandler
 from wxpush.config.settings import Settings
-from wxpush.errors import WxpushError, error_response
+from wxpush.errors import WxpushError
 from wxpush.infra.metrics import Metrics
 from wxpush.lifespan import lifespan
 from wxpush.web import access, health, openapi, scenes, sockets, tokens, wechat
-from wxpush.web.requests import error_answer
+from wxpush.web.errors import error_answer, error_response
 from wxpush.wechat.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,11 @@ def create_app(
     settings = settings or Settings.from_env()
     metrics = Metrics()
     scene = "/api/v1/scenes/{scene}"
-    routes: list[BaseRoute] = [  # WeChat's callbacks are the busiest route: matched first
-        Route(CALLBACK_ROUTE, wechat.Callback(), methods=["GET", "POST"]),
+    callback = Route(CALLBACK_ROUTE, wechat.Callback(), methods=["GET", "POST"])
+    socket = WebSocketRoute(SOCKET_ROUTE, sockets.SceneSocket())
+    routes: list[BaseRoute] = [  # the one table of every route, HTTP and WebSocket
+        callback,
+        socket,
         Route("/api/v1/scenes", scenes.create, methods=["POST"]),
         Route(scene, scenes.read, methods=["GET"]),
         Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
@@ -65,12 +70,13 @@ def create_app(
         Route("/openapi.json", _openapi, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
     ]
     if settings.sandbox:  # a stand-in WeChat: never mounted unless WXPUSH_SANDBOX=1
         routes.append(sandbox.mount())
     routes += _static_routes(static_dir or STATIC_DIR)
     return App(
+        hot=[callback, socket],
         routes=routes,
         middleware=_middleware(settings),
         lifespan=lifespan(settings, metrics, scan_handler),
@@ -89,15 +95,23 @@ def create_app(
 
 
 class App(Starlette):
-    """Starlette, with the waiting sockets taken straight to their plain ASGI handler.
+    """Starlette, with its busiest routes served without routing or middleware.
 
-    ``WS /ws/v1/scenes/{scene}`` (SPEC §3) is the one WebSocket route. A waiting socket lives
-    for minutes and there may be tens of thousands, so it keeps no routing or middleware
-    frames alive (CORS does not apply to WebSockets; origins are checked by the handler).
-    WeChat's callback POST, the busiest request, skips the routing too. Every HTTP request,
-    the callback included, passes through the access log's wrapper (:mod:`wxpush.web.access`: one
-    frame, and only while INFO is on); sockets write their own line.
+    The ``hot`` routes are routes of the app's one table, matched first and run as the plain
+    ASGI apps they are: WeChat's callback POST (the busiest request) and ``WS
+    /ws/v1/scenes/{scene}`` (SPEC §3), the one WebSocket route. A waiting socket lives for
+    minutes and there may be tens of thousands, so it keeps no routing or middleware frames
+    alive (CORS does not apply to WebSockets; origins are checked by the handler). Every
+    HTTP request, the callback included, passes through the access log's wrapper
+    (:mod:`wxpush.web.access`: one frame, and only while INFO is on); sockets write their own
+    line.
     """
+
+    def __init__(self, *, hot: Sequence[BaseRoute], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        assert all(route in self.router.routes for route in hot), "hot routes are in the table"
+        self._hot_http = [r for r in hot if isinstance(r, Route)]
+        self._hot_sockets = [r for r in hot if isinstance(r, WebSocketRoute)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and access.enabled():
@@ -106,41 +120,33 @@ class App(Starlette):
             await self._dispatch(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            account = _callback_account(scope["path"])
-            if account is not None:
-                scope["app"] = self
-                scope[access.ROUTE] = CALLBACK_ROUTE
-                await wechat.handle_post(scope, receive, send, account)
-                return
-        elif scope["type"] == "websocket":
+        if scope["type"] == "websocket":
             scope["app"] = self
-            scene_id = _socket_scene(scope["path"])
-            if scene_id is None:
+            if not await _serve_hot(self._hot_sockets, scope, receive, send):
                 await sockets.no_such_socket(scope, receive, send)
-            else:
-                scope[access.ROUTE] = SOCKET_PREFIX + "{scene}"
-                await sockets.scene_socket(scope, receive, send, scene_id)
             return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            scope["app"] = self
+            if await _serve_hot(self._hot_http, scope, receive, send):
+                return
         await super().__call__(scope, receive, send)
 
 
-def _callback_account(path: str) -> str | None:
-    """``/wechat/{account}/callback`` → ``account`` (one path segment), else ``None``."""
-    if not path.startswith("/wechat/") or not path.endswith("/callback"):
-        return None
-    account = path[len("/wechat/") : -len("/callback")]
-    return account if account and "/" not in account else None
+async def _serve_hot(
+    routes: Sequence[Route | WebSocketRoute], scope: Scope, receive: Receive, send: Send
+) -> bool:
+    """Run the first of ``routes`` that matches fully (path and method) as its ASGI app."""
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            scope["path_params"] = child["path_params"]
+            scope[access.ROUTE] = route.path
+            await route.app(scope, receive, send)
+            return True
+    return False
 
 
-def _socket_scene(path: str) -> str | None:
-    scene_id = path.removeprefix(SOCKET_PREFIX)
-    if scene_id == path or not scene_id or "/" in scene_id:
-        return None
-    return scene_id
-
-
-SOCKET_PREFIX = "/ws/v1/scenes/"
+SOCKET_ROUTE = "/ws/v1/scenes/{scene}"
 CALLBACK_ROUTE = "/wechat/{account}/callback"
 
 

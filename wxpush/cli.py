@@ -16,11 +16,12 @@ import httpx
 
 from wxpush import __version__
 from wxpush.clients.wechat import WeChatAPI
-from wxpush.config.settings import Account, Settings, SettingsError, port_from_env
-from wxpush.errors import WxpushError
+from wxpush.config.accounts import Account
+from wxpush.config.settings import Settings, port_from_env
+from wxpush.errors import SettingsError, WxpushError
 from wxpush.infra.redis_client import open_redis
 from wxpush.lifespan import quiet_secret_loggers
-from wxpush.tokens.service import generate_key_file
+from wxpush.tokens.keys import generate_key_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,10 +147,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wxpush.sandbox.demo import demo_app, demo_settings
+    from wxpush.app import create_app
+    from wxpush.sandbox.demo import demo_settings, demo_url
 
     settings = demo_settings(args.host, args.port)
-    app, url = demo_app(settings)
+    app, url = create_app(settings), demo_url(settings)
     print(f"wxpush demo: open {url}/ (sandbox phone, console SMS)", flush=True)
     if url.startswith("http://127.0.0.1") and args.host != "127.0.0.1":
         print("wxpush demo: for phones on the LAN, set WXPUSH_PUBLIC_URL=http://<this host's "
@@ -189,7 +191,7 @@ def log_config(level: str) -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     fmt = "%(levelprefix)s %(name)s: %(message)s"
     config["formatters"]["wxpush"] = {"()": "uvicorn.logging.DefaultFormatter", "fmt": fmt}
-    for name, stream in (("wxpush", "stderr"), ("wxpush.web.access", "stdout")):
+    for name, stream in (("wxpush", "stderr"), ("wxpush.access", "stdout")):
         config["handlers"][name] = {
             "formatter": "wxpush", "class": "logging.StreamHandler", "stream": f"ext://sys.{stream}",
         }  # fmt: skip

@@ -17,17 +17,26 @@
     └── Unavailable           503  (Redis or the database is down)
 
 Protocol errors from :mod:`wxpush.wechat.errors` are mapped by :func:`from_protocol_error`.
-Every error reaches the client as ``{"error": "<code>", "message": "<sentence>"}``; none
-carries a traceback.
+:mod:`wxpush.web.errors` answers every one as ``{"error": "<code>", "message": "<sentence>"}``
+with its status; none carries a traceback. No HTTP framework is imported here.
+
+:class:`SettingsError` stands apart: a setting that is missing or malformed stops start-up
+(or a command) with its one line.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from starlette.responses import JSONResponse
-
 from wxpush.wechat import errors as wx
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; ``str()`` is one line naming the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
 
 
 class WxpushError(Exception):
@@ -43,9 +52,6 @@ class WxpushError(Exception):
         if code is not None:
             self.code = code  # type: ignore[misc]
         self.headers = {}
-
-    def response(self) -> JSONResponse:
-        return error_response(self.status, self.code, self.message, self.headers)
 
 
 class BadRequest(WxpushError):
@@ -110,13 +116,6 @@ class WeChatAPIError(BadGateway):
 
 class Unavailable(WxpushError):
     status, code = 503, "unavailable"
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The one shape of every error answer."""
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
 _PROTOCOL: list[tuple[type[wx.ProtocolError], type[WxpushError], str, str]] = [

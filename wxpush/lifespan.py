@@ -17,7 +17,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
-from wxpush.callback.service import CallbackService, ScanHandler, ignore_scan
+from wxpush.callback.scan import ScanHandler, ignore_scan
+from wxpush.callback.service import CallbackService
 from wxpush.clients import outbound
 from wxpush.clients.wechat import WeChatAPI
 from wxpush.config.settings import Settings
@@ -25,11 +26,13 @@ from wxpush.infra.metrics import Metrics
 from wxpush.infra.pipeline import PipelinedConnection
 from wxpush.infra.ratelimit import RateLimiter
 from wxpush.infra.redis_client import open_connections
+from wxpush.infra.sql import open_engine
 from wxpush.login.flow import LoginFlow
 from wxpush.login.scenes import SceneStore
-from wxpush.people.store import People, open_engine
+from wxpush.people.store import People
 from wxpush.realtime.hub import Hub
-from wxpush.sms.codes import SmsCodes, make_provider
+from wxpush.sms.codes import SmsCodes
+from wxpush.sms.providers import make_provider
 from wxpush.tokens.service import TokenService
 from wxpush.web.sockets import SocketCount
 
@@ -114,15 +117,18 @@ def lifespan(
                 )
                 for name, account in settings.accounts.items()
             }
-            tokens = TokenService(settings, redis, hot)
-            sms = SmsCodes(settings, redis, make_provider(settings, http=http, redis=redis))
+            tokens = TokenService(settings.token_policy(), redis, hot)
+            sms_policy = settings.sms_policy()
+            sms = SmsCodes(sms_policy, redis, make_provider(sms_policy, http=http, redis=redis))
             login = LoginFlow(
-                settings=settings, scenes=SceneStore(redis, hot), people=people, tokens=tokens,
-                sms=sms, wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
+                policy=settings.login_policy(), accounts=settings.accounts,
+                scenes=SceneStore(redis, hot), people=people, tokens=tokens, sms=sms,
+                wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
             )  # fmt: skip
             stack.push_async_callback(login.settle)  # before Redis closes
             callbacks = CallbackService(
-                settings, redis=redis, hot=hot, http=http, scan_handler=scan_handler or ignore_scan,
+                settings.accounts, settings.callback_policy(), redis=redis, hot=hot, http=http,
+                scan_handler=scan_handler or ignore_scan,
                 once_handler=None if scan_handler else login.on_scan,
             )  # fmt: skip
             hub = Hub(redis, on_reconnect=metrics.hub_reconnects.inc)

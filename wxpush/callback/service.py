@@ -17,14 +17,15 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
 
 import httpx
 from redis.asyncio import Redis
 
-from wxpush.clients import outbound
-from wxpush.config.settings import Account, Settings
+from wxpush.callback.dedup import DONE, PENDING, SUCCESS, XML, Once, Reply, Retried
+from wxpush.callback.forward import Inbound, forward, remaining
+from wxpush.callback.scan import OnceScanHandler, Scan, ScanHandler, ignore_scan
+from wxpush.config.accounts import Account
+from wxpush.config.policy import CallbackPolicy
 from wxpush.errors import BadRequest
 from wxpush.infra.pipeline import HotCommands, hot_commands
 from wxpush.wechat import replies, signature
@@ -34,94 +35,7 @@ from wxpush.wechat.messages import Message, ScanEvent, SubscribeEvent, parse_mes
 
 logger = logging.getLogger(__name__)
 
-DEADLINE = 4.0  # seconds from receipt to answer; WeChat gives up at 5 s, network included
 LOGIN_PREFIX = "login:"
-_PENDING = b"P"
-_DONE = b"R"
-
-
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """A login QR code was scanned (and the account followed, for ``subscribe``)."""
-
-    account: Account
-    openid: str
-    scene_id: str
-    event: SubscribeEvent | ScanEvent
-
-
-class ScanHandler(Protocol):
-    """Resolves a login scan; returns the passive reply text, or ``None`` for ``success``."""
-
-    async def __call__(self, scan: Scan) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Once:
-    """An event's de-dup key, for a handler that claims it in the same Redis script as its
-    own change: the first delivery takes it (holding ``marker`` until its reply is stored),
-    a retry finds it taken."""
-
-    key: str
-    ttl: int
-    marker: bytes = _PENDING
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """The scan changed something and claimed its key; ``text`` is the passive reply
-    (``None`` for ``success``)."""
-
-    text: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Retried:
-    """The key was taken: a retry of an event already handled. ``stored`` is what the key
-    holds (the first delivery's reply, or its marker while that is still being made)."""
-
-    stored: bytes
-
-
-class OnceScanHandler(Protocol):
-    """Resolves a login scan and claims its :class:`Once` key atomically with the change, so
-    that a scan costs one Redis round trip. Returns ``None`` when the scan could change
-    nothing (an unknown, expired or resolved scene): nothing is claimed or stored."""
-
-    async def __call__(self, scan: Scan, once: Once) -> Claimed | Retried | None: ...
-
-
-async def ignore_scan(scan: Scan) -> str | None:
-    """The default handler until the login core plugs in: answers ``success``."""
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    body: bytes
-    content_type: str
-
-    def encode(self) -> bytes:
-        return _DONE + self.content_type.encode() + b"\n" + self.body
-
-    @classmethod
-    def decode(cls, stored: bytes) -> Reply:
-        content_type, _, body = stored[1:].partition(b"\n")
-        return cls(body, content_type.decode())
-
-
-SUCCESS = Reply(replies.SUCCESS, "text/plain; charset=utf-8")
-XML = "application/xml; charset=utf-8"
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One POSTed callback, as received."""
-
-    query: Mapping[str, str]
-    raw_query: str
-    body: bytes
-    received: float  # time.monotonic() at receipt
 
 
 class CallbackService:
@@ -129,7 +43,8 @@ class CallbackService:
 
     def __init__(
         self,
-        settings: Settings,
+        accounts: Mapping[str, Account],
+        policy: CallbackPolicy,
         *,
         redis: Redis,
         http: httpx.AsyncClient,
@@ -140,7 +55,7 @@ class CallbackService:
         """Login scans go to ``once_handler`` when given (the login flow: it claims the
         de-dup key itself), else to ``scan_handler`` after a claim of our own. ``hot``
         (default ``redis``) carries the stored replies."""
-        self._settings = settings
+        self._policy = policy
         self._redis = redis
         self._hot = hot_commands(redis, hot)
         self._http = http
@@ -148,7 +63,7 @@ class CallbackService:
         self._once_handler = once_handler
         self._cryptos = {
             a.name: MessageCrypto(a.appid, a.aes_key, a.aes_key_previous)
-            for a in settings.accounts.values()
+            for a in accounts.values()
             if a.aes_key
         }
 
@@ -156,7 +71,7 @@ class CallbackService:
         """GET: WeChat's URL check. Returns ``echostr`` when the signature holds."""
         sig, ts, nonce = (_param(query, n) for n in ("signature", "timestamp", "nonce"))
         echostr = _param(query, "echostr")
-        signature.verify(sig, account.token, ts, nonce, window=self._settings.timestamp_window)
+        signature.verify(sig, account.token, ts, nonce, window=self._policy.timestamp_window)
         return echostr
 
     async def handle(self, account: Account, inbound: Inbound) -> Reply:
@@ -173,7 +88,7 @@ class CallbackService:
         body meets the hardened parser alone; a safe-mode body is checked against
         ``msg_signature`` first, its ``Encrypt`` read by a grammar that cannot open anything
         (:mod:`wxpush.wechat.envelope`), and only the decrypted payload is parsed."""
-        q, window = inbound.query, self._settings.timestamp_window
+        q, window = inbound.query, self._policy.timestamp_window
         ts, nonce = _param(q, "timestamp"), _param(q, "nonce")
         if q.get("encrypt_type", "raw") != "aes":
             signature.verify(_param(q, "signature"), account.token, ts, nonce, window=window)
@@ -213,10 +128,10 @@ class CallbackService:
         self, account: Account, message: Message, inbound: Inbound, encrypted: bool
     ) -> Reply:
         scene = _login_scene(message)
-        if scene is None and self._settings.forward_url is None:
+        if scene is None and self._policy.forward_url is None:
             return SUCCESS  # no side effect and always the same answer: nothing to remember
         digest = hashlib.sha1(message.dedup_key.encode()).hexdigest()
-        once = Once(f"wxpush:dedup:{account.name}:{digest}", self._settings.dedup_seconds)
+        once = Once(f"wxpush:dedup:{account.name}:{digest}", self._policy.dedup_seconds)
         if scene is not None and self._once_handler is not None:
             assert isinstance(message, SubscribeEvent | ScanEvent)
             scan = Scan(account, message.from_user, scene, message)
@@ -227,7 +142,7 @@ class CallbackService:
                 return await self._retry(account, once.key, inbound, outcome.stored)
             reply = self._scan_reply(account, message, outcome.text, encrypted)
         else:
-            if not await self._redis.set(once.key, _PENDING, nx=True, ex=once.ttl):
+            if not await self._redis.set(once.key, PENDING, nx=True, ex=once.ttl):
                 return await self._retry(account, once.key, inbound, None)
             try:
                 reply = await self._dispatch(account, message, inbound, encrypted)
@@ -246,9 +161,9 @@ class CallbackService:
         while True:
             if stored is None:
                 stored = await self._hot.get(key)
-            if isinstance(stored, bytes) and stored[:1] == _DONE:
+            if isinstance(stored, bytes) and stored[:1] == DONE:
                 return Reply.decode(stored)
-            if stored is None or _remaining(inbound) < 0.1:
+            if stored is None or remaining(inbound) < 0.1:
                 return SUCCESS
             await asyncio.sleep(0.05)
             stored = None  # look again
@@ -263,31 +178,7 @@ class CallbackService:
             assert isinstance(message, SubscribeEvent | ScanEvent)
             text = await self._scan_handler(Scan(account, message.from_user, scene, message))
             return self._scan_reply(account, message, text, encrypted)
-        return await self._forward(inbound)
-
-    async def _forward(self, inbound: Inbound) -> Reply:
-        url = self._settings.forward_url
-        if url is None:
-            return SUCCESS
-        target = f"{url}?{inbound.raw_query}" if inbound.raw_query else url
-        timeout = _remaining(inbound)
-        try:
-            async with asyncio.timeout(timeout):
-                answer = await outbound.post(
-                    self._http,
-                    target,
-                    content=inbound.body,
-                    headers={"Content-Type": "text/xml; charset=utf-8"},
-                    timeout=timeout,
-                )
-        except (TimeoutError, httpx.HTTPError) as exc:
-            logger.warning("forward to WXPUSH_FORWARD_URL failed: %s", type(exc).__name__)
-            return SUCCESS
-        if not answer.is_success:
-            logger.warning("forward to WXPUSH_FORWARD_URL answered HTTP %d", answer.status_code)
-            return SUCCESS
-        content_type = answer.headers.get("content-type", "text/plain; charset=utf-8")
-        return Reply(answer.content or replies.SUCCESS, content_type)
+        return await forward(self._http, self._policy.forward_url, inbound)
 
 
 def _login_scene(message: Message) -> str | None:
@@ -297,10 +188,6 @@ def _login_scene(message: Message) -> str | None:
     if scene is None or not scene.startswith(LOGIN_PREFIX):
         return None
     return scene[len(LOGIN_PREFIX) :] or None
-
-
-def _remaining(inbound: Inbound) -> float:
-    return max(0.0, DEADLINE - (time.monotonic() - inbound.received))
 
 
 def _param(query: Mapping[str, str], name: str) -> str:

@@ -33,7 +33,8 @@ import httpx
 import redis.asyncio
 import redis.exceptions
 
-from wxpush.config.settings import Account
+from wxpush.clients.wechat_answers import checked, decode, json_object
+from wxpush.config.accounts import Account
 from wxpush.errors import BadGateway, Unavailable, WeChatAPIError
 
 if TYPE_CHECKING:  # types-redis makes Redis generic; redis' own inline types do not
@@ -52,27 +53,6 @@ _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-MESSAGES: dict[int, str] = {
-    -1: "WeChat is busy, try again",
-    40001: "the access_token is invalid or no longer the latest",
-    40013: "the appid is invalid",
-    40014: "the access_token is invalid",
-    40125: "the appsecret is invalid",
-    40164: "this server's IP is not on the account's IP whitelist",
-    42001: "the access_token has expired",
-    45009: "daily API quota reached",
-    45011: "API calls are too frequent, try again later",
-    46003: "the account has no custom menu",
-    48001: "the account is not a verified service account, or lacks this API",
-    89501: "this server's IP awaits the account administrator's confirmation",
-    89503: "this server's IP needs the account administrator's confirmation",
-}
-
-
-def error_message(errcode: int) -> str:
-    """The sentence for people describing WeChat's ``errcode``."""
-    return f"WeChat: {MESSAGES.get(errcode, 'the request was refused')} (errcode {errcode})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +151,7 @@ class WeChatAPI:
             content=content,
             headers={} if body is None else _JSON,
         )
-        return _checked(path, _decode("WeChat", response))
+        return checked(path, decode("WeChat", response))
 
     # --- the access_token ------------------------------------------------------------------
 
@@ -221,14 +201,14 @@ class WeChatAPI:
         if self.account.access_token_url is not None:
             owner = "the access_token service"
             response = await self._send("GET", self.account.access_token_url, owner)
-            return self._parse_token(_checked("access_token_url", _decode(owner, response)))
+            return self._parse_token(checked("access_token_url", decode(owner, response)))
         if self._use_stable and (token := await self._fetch_stable(force)) is not None:
             return token
         self._use_stable = False
         params = {"grant_type": "client_credential", "appid": self.account.appid}
         params["secret"] = self.account.secret or ""
         response = await self._send("GET", self._base + "/cgi-bin/token", params=params)
-        return self._parse_token(_checked("/cgi-bin/token", _decode("WeChat", response)))
+        return self._parse_token(checked("/cgi-bin/token", decode("WeChat", response)))
 
     async def _fetch_stable(self, force: bool) -> _Token | None:
         """A token from stable_token, or ``None`` where that endpoint is not available."""
@@ -237,11 +217,11 @@ class WeChatAPI:
         response = await self._send("POST", self._base + "/cgi-bin/stable_token", json=body)
         if response.status_code not in (200, 404):
             raise BadGateway(f"WeChat answered HTTP {response.status_code}")
-        data = _json_object(response.content) if response.status_code == 200 else None
+        data = json_object(response.content) if response.status_code == 200 else None
         if data is None or data.get("errcode") in _STABLE_UNSUPPORTED:
             logger.warning("no stable_token for %s; using /cgi-bin/token", self.account.appid)
             return None
-        return self._parse_token(_checked("/cgi-bin/stable_token", data))
+        return self._parse_token(checked("/cgi-bin/stable_token", data))
 
     def _parse_token(self, data: Mapping[str, Any]) -> _Token:
         value, expires_in = data.get("access_token"), data.get("expires_in")
@@ -312,29 +292,3 @@ def _load(raw: bytes | str | None) -> _Token | None:
         return _Token(str(data["value"]), float(data["expires_at"]), float(data["refresh_at"]))
     except (TypeError, ValueError, KeyError):
         return None
-
-
-def _json_object(content: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(content)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _decode(upstream: str, response: httpx.Response) -> dict[str, Any]:
-    if response.status_code != 200:
-        raise BadGateway(f"{upstream} answered HTTP {response.status_code}")
-    data = _json_object(response.content)
-    if data is None:
-        raise BadGateway(f"{upstream} did not answer a JSON object")
-    return data
-
-
-def _checked(path: str, data: dict[str, Any]) -> dict[str, Any]:
-    errcode = data.get("errcode", 0)
-    if not isinstance(errcode, int) or errcode == 0:
-        return data
-    errmsg = str(data.get("errmsg", ""))
-    logger.warning("WeChat %s answered errcode %d: %s", path, errcode, errmsg)
-    raise WeChatAPIError(errcode, errmsg, error_message(errcode))

@@ -1,187 +1,31 @@
 """Settings: the only reader of ``os.environ``.
 
-Every ``WXPUSH_*`` variable is declared once, in :class:`Settings`, with its parser and
-default in the field's metadata. :meth:`Settings.from_env` reads them all once at start-up
-(a ``.env`` file in the working directory is read too; the real environment wins) and a
-missing or malformed value raises :class:`SettingsError`, whose text is one line naming the
-variable, so that ``wxpush serve`` can stop with exactly that line.
-
-WeChat accounts come either from the ``WXPUSH_APPID``/``WXPUSH_APPSECRET``/``WXPUSH_TOKEN``/
-``WXPUSH_AES_KEY`` family (one account, named ``default``) or from a TOML file named by
-``WXPUSH_ACCOUNTS_FILE`` holding several ``[[account]]`` tables.
+Every ``WXPUSH_*`` variable is declared once, in :class:`Settings`, with its parser
+(:mod:`.values`) and default in the field's metadata. :meth:`Settings.from_env` reads them all
+once at start-up (a ``.env`` file in the working directory is read too; the real environment
+wins) and a missing or malformed value raises :class:`~wxpush.errors.SettingsError`, whose
+text is one line naming the variable, so that ``wxpush serve`` can stop with exactly that
+line. The accounts are read by :mod:`.accounts`; the domain gets the policy objects of
+:mod:`.policy` built here, never the settings themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import hashlib
 import os
-import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 from dotenv import dotenv_values
 
-from wxpush.infra.redis_client import MAX_CONNECTIONS, MIN_CONNECTIONS
-from wxpush.web import origins
-from wxpush.wechat.crypto import decode_aes_key
-
-DEFAULT_ACCOUNT = "default"
-SmsProvider = Literal["console", "webhook"]
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; ``str()`` is one line naming the variable."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsers: each takes the raw string and returns the typed value or raises ValueError.
-
-
-def _str(raw: str) -> str:
-    return raw
-
-
-def _int(raw: str) -> int:
-    return int(raw.strip())
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw.strip())
-    if value <= 0:
-        raise ValueError("must be a positive whole number")
-    return value
-
-
-def _redis_connections(raw: str) -> int:
-    value = _positive_int(raw)
-    if value < MIN_CONNECTIONS:
-        raise ValueError(
-            f"must be at least {MIN_CONNECTIONS} (the pub/sub connection, the pipelined one "
-            "for the login path, and at least one for the rest)"
-        )
-    return value
-
-
-def _bool(raw: str) -> bool:
-    text = raw.strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError("must be true or false (1/0, yes/no, on/off)")
-
-
-def _url(raw: str) -> str:
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValueError("must be an http:// or https:// URL")
-    return raw.strip().rstrip("/")
-
-
-def _redis_url(raw: str) -> str:
-    if urlsplit(raw.strip()).scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
-    return raw.strip()
-
-
-def _database_url(raw: str) -> str:
-    scheme = urlsplit(raw.strip()).scheme
-    if not scheme.startswith(("sqlite", "postgresql", "postgres")):
-        raise ValueError("must be a sqlite:/// or postgresql:// URL")
-    return raw.strip()
-
-
-def _origins(raw: str) -> tuple[str, ...]:
-    """Origins in the form browsers send them (see :func:`.origins.canonical`), or ``*``."""
-    items = tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
-    canonical: list[str] = []
-    for item in items:
-        origin = "*" if item == "*" else origins.canonical(item)
-        if origin is None:
-            raise ValueError(f"{item!r} is not an origin like https://example.com")
-        canonical.append(origin)
-    return tuple(canonical)
-
-
-def _proxies(raw: str) -> tuple[str, ...]:
-    """Addresses (``10.0.0.1``) and networks (``10.0.0.0/8``), the way uvicorn's
-    ``forwarded_allow_ips`` reads them; anything else would be silently matched as a literal
-    string there, and never trusted, so it is refused here."""
-    items = tuple(item.strip() for item in raw.split(",") if item.strip())
-    return tuple(_proxy(item) for item in items)
-
-
-def _proxy(item: str) -> str:
-    if item == "*":
-        raise ValueError("'*' would take any client's word for its address; name the proxies")
-    try:
-        return str(ipaddress.ip_network(item) if "/" in item else ipaddress.ip_address(item))
-    except ValueError:
-        raise ValueError(f"{item!r} is not an IP address or network like 10.0.0.0/8") from None
-
-
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-
-
-def _log_level(raw: str) -> str:
-    level = raw.strip().lower()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-def _sms_provider(raw: str) -> SmsProvider:
-    if raw.strip() not in {"console", "webhook"}:
-        raise ValueError("must be console or webhook")
-    return cast(SmsProvider, raw.strip())
-
-
-def _aes_key(raw: str) -> str:
-    decode_aes_key(raw.strip())
-    return raw.strip()
-
-
-_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9]{3,32}$")
-
-
-def _wechat_token(raw: str) -> str:
-    if not _TOKEN_CHARS.match(raw.strip()):
-        raise ValueError("a WeChat Token is 3 to 32 letters or digits")
-    return raw.strip()
-
-
-def _appid(raw: str) -> str:
-    if not raw.strip():
-        raise ValueError("must not be empty")
-    return raw.strip()
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """One WeChat service account that people scan to log in."""
-
-    name: str
-    appid: str
-    token: str
-    secret: str | None = None
-    aes_key: str | None = None
-    aes_key_previous: str | None = None
-    access_token_url: str | None = None
-
-    def __repr__(self) -> str:  # never print the secret or the keys
-        return f"Account(name={self.name!r}, appid={self.appid!r})"
+from wxpush.config import values as v
+from wxpush.config.accounts import Account, load_accounts, parse_value
+from wxpush.config.policy import CallbackPolicy, LoginPolicy, SmsPolicy, TokenPolicy
+from wxpush.errors import SettingsError
+from wxpush.infra.redis_client import MAX_CONNECTIONS
 
 
 def _setting(
@@ -195,52 +39,54 @@ class Settings:
     """Every setting of the server, typed. Build with :meth:`from_env`."""
 
     accounts: Mapping[str, Account] = field(default_factory=dict)
-    accounts_file: str | None = _setting("WXPUSH_ACCOUNTS_FILE", _str)
-    redis_url: str | None = _setting("WXPUSH_REDIS_URL", _redis_url)
+    accounts_file: str | None = _setting("WXPUSH_ACCOUNTS_FILE", v.text)
+    redis_url: str | None = _setting("WXPUSH_REDIS_URL", v.redis_url)
     redis_connections: int = _setting(
-        "WXPUSH_REDIS_CONNECTIONS", _redis_connections, MAX_CONNECTIONS
+        "WXPUSH_REDIS_CONNECTIONS", v.redis_connections, MAX_CONNECTIONS
     )
     database_url: str = _setting(
-        "WXPUSH_DATABASE_URL", _database_url, "sqlite+aiosqlite:///wxpush.db"
+        "WXPUSH_DATABASE_URL", v.database_url, "sqlite+aiosqlite:///wxpush.db"
     )
-    public_url: str | None = _setting("WXPUSH_PUBLIC_URL", _url)
-    allowed_origins: tuple[str, ...] = _setting("WXPUSH_ALLOWED_ORIGINS", _origins, ())
-    trusted_proxies: tuple[str, ...] = _setting("WXPUSH_TRUSTED_PROXIES", _proxies, ())
-    qr_expire_seconds: int = _setting("WXPUSH_QR_EXPIRE_SECONDS", _positive_int, 300)
-    jwt_key_file: str = _setting("WXPUSH_JWT_KEY_FILE", _str, "wxpush-jwt-key.pem")
-    jwt_secret: str | None = _setting("WXPUSH_JWT_SECRET", _str, secret=True)
-    jwt_issuer: str = _setting("WXPUSH_JWT_ISSUER", _str, "wxpush")
-    jwt_audience: str = _setting("WXPUSH_JWT_AUDIENCE", _str, "wxpush")
-    sms_provider: SmsProvider = _setting("WXPUSH_SMS_PROVIDER", _sms_provider, "console")
-    sms_webhook_url: str | None = _setting("WXPUSH_SMS_WEBHOOK_URL", _url)
-    forward_url: str | None = _setting("WXPUSH_FORWARD_URL", _url)
-    wechat_api_base: str = _setting("WXPUSH_WECHAT_API_BASE", _url, "https://api.weixin.qq.com")
-    login_only: bool = _setting("WXPUSH_LOGIN_ONLY", _bool, False)
-    require_phone: bool = _setting("WXPUSH_REQUIRE_PHONE", _bool, True)
-    link_by_phone: bool = _setting("WXPUSH_LINK_BY_PHONE", _bool, True)
-    sandbox: bool = _setting("WXPUSH_SANDBOX", _bool, False)
-    timestamp_window: int = _setting("WXPUSH_TIMESTAMP_WINDOW_SECONDS", _positive_int, 300)
-    dedup_seconds: int = _setting("WXPUSH_DEDUP_SECONDS", _positive_int, 120)
-    max_body_bytes: int = _setting("WXPUSH_MAX_BODY_BYTES", _positive_int, 64 * 1024)
-    body_timeout: int = _setting("WXPUSH_BODY_TIMEOUT_SECONDS", _positive_int, 10)
-    reply_logged_in: str = _setting("WXPUSH_REPLY_LOGGED_IN", _str, "Logged in")
+    public_url: str | None = _setting("WXPUSH_PUBLIC_URL", v.http_url)
+    allowed_origins: tuple[str, ...] = _setting("WXPUSH_ALLOWED_ORIGINS", v.origins, ())
+    trusted_proxies: tuple[str, ...] = _setting("WXPUSH_TRUSTED_PROXIES", v.proxies, ())
+    qr_expire_seconds: int = _setting("WXPUSH_QR_EXPIRE_SECONDS", v.positive_int, 300)
+    jwt_key_file: str = _setting("WXPUSH_JWT_KEY_FILE", v.text, "wxpush-jwt-key.pem")
+    jwt_secret: str | None = _setting("WXPUSH_JWT_SECRET", v.text, secret=True)
+    jwt_issuer: str = _setting("WXPUSH_JWT_ISSUER", v.text, "wxpush")
+    jwt_audience: str = _setting("WXPUSH_JWT_AUDIENCE", v.text, "wxpush")
+    sms_provider: v.SmsProvider = _setting("WXPUSH_SMS_PROVIDER", v.sms_provider, "console")
+    sms_webhook_url: str | None = _setting("WXPUSH_SMS_WEBHOOK_URL", v.http_url)
+    forward_url: str | None = _setting("WXPUSH_FORWARD_URL", v.http_url)
+    wechat_api_base: str = _setting(
+        "WXPUSH_WECHAT_API_BASE", v.http_url, "https://api.weixin.qq.com"
+    )
+    login_only: bool = _setting("WXPUSH_LOGIN_ONLY", v.boolean, False)
+    require_phone: bool = _setting("WXPUSH_REQUIRE_PHONE", v.boolean, True)
+    link_by_phone: bool = _setting("WXPUSH_LINK_BY_PHONE", v.boolean, True)
+    sandbox: bool = _setting("WXPUSH_SANDBOX", v.boolean, False)
+    timestamp_window: int = _setting("WXPUSH_TIMESTAMP_WINDOW_SECONDS", v.positive_int, 300)
+    dedup_seconds: int = _setting("WXPUSH_DEDUP_SECONDS", v.positive_int, 120)
+    max_body_bytes: int = _setting("WXPUSH_MAX_BODY_BYTES", v.positive_int, 64 * 1024)
+    body_timeout: int = _setting("WXPUSH_BODY_TIMEOUT_SECONDS", v.positive_int, 10)
+    reply_logged_in: str = _setting("WXPUSH_REPLY_LOGGED_IN", v.text, "Logged in")
     reply_finish_on_screen: str = _setting(
         "WXPUSH_REPLY_FINISH_ON_SCREEN",
-        _str,
+        v.text,
         "Almost there: finish signing in on the screen by confirming your phone number.",
     )
-    access_token_ttl: int = _setting("WXPUSH_ACCESS_TOKEN_TTL_SECONDS", _positive_int, 7200)
+    access_token_ttl: int = _setting("WXPUSH_ACCESS_TOKEN_TTL_SECONDS", v.positive_int, 7200)
     refresh_token_ttl: int = _setting(
-        "WXPUSH_REFRESH_TOKEN_TTL_SECONDS", _positive_int, 30 * 24 * 3600
+        "WXPUSH_REFRESH_TOKEN_TTL_SECONDS", v.positive_int, 30 * 24 * 3600
     )
-    sms_code_ttl: int = _setting("WXPUSH_SMS_CODE_TTL_SECONDS", _positive_int, 300)
-    sms_max_tries: int = _setting("WXPUSH_SMS_MAX_TRIES", _positive_int, 5)
-    sms_interval: int = _setting("WXPUSH_SMS_INTERVAL_SECONDS", _positive_int, 60)
-    sms_per_day_per_phone: int = _setting("WXPUSH_SMS_PER_DAY_PER_PHONE", _positive_int, 10)
-    sms_per_hour_per_ip: int = _setting("WXPUSH_SMS_PER_HOUR_PER_IP", _positive_int, 20)
-    scenes_per_minute_per_ip: int = _setting("WXPUSH_SCENES_PER_MINUTE_PER_IP", _positive_int, 120)
-    sockets_per_ip: int = _setting("WXPUSH_SOCKETS_PER_IP", _positive_int, 50)
-    log_level: str = _setting("WXPUSH_LOG_LEVEL", _log_level, "info")
+    sms_code_ttl: int = _setting("WXPUSH_SMS_CODE_TTL_SECONDS", v.positive_int, 300)
+    sms_max_tries: int = _setting("WXPUSH_SMS_MAX_TRIES", v.positive_int, 5)
+    sms_interval: int = _setting("WXPUSH_SMS_INTERVAL_SECONDS", v.positive_int, 60)
+    sms_per_day_per_phone: int = _setting("WXPUSH_SMS_PER_DAY_PER_PHONE", v.positive_int, 10)
+    sms_per_hour_per_ip: int = _setting("WXPUSH_SMS_PER_HOUR_PER_IP", v.positive_int, 20)
+    scenes_per_minute_per_ip: int = _setting("WXPUSH_SCENES_PER_MINUTE_PER_IP", v.positive_int, 120)
+    sockets_per_ip: int = _setting("WXPUSH_SOCKETS_PER_IP", v.positive_int, 50)
+    log_level: str = _setting("WXPUSH_LOG_LEVEL", v.log_level, "info")
 
     @property
     def embedded_redis(self) -> bool:
@@ -261,7 +107,7 @@ class Settings:
         raw = env.get(f.metadata["env"])
         if raw is None or not raw.strip():
             return f.default
-        return _parse(f.metadata["env"], f.metadata["parse"], raw)
+        return parse_value(f.metadata["env"], f.metadata["parse"], raw)
 
     @classmethod
     def from_env(
@@ -278,12 +124,51 @@ class Settings:
             raw = env.get(name) if name else None
             if name is None or raw is None or raw.strip() == "":
                 continue
-            values[f.name] = _parse(name, f.metadata["parse"], raw)
+            values[f.name] = parse_value(name, f.metadata["parse"], raw)
         settings = cls(**values)
-        accounts = _load_accounts(env, settings)
+        accounts = load_accounts(env, settings.accounts_file)
         settings = dataclasses.replace(settings, accounts=accounts)
         _check_consistency(settings)
         return settings
+
+    # -- what each service is given ----------------------------------------------------------
+
+    def callback_policy(self) -> CallbackPolicy:
+        return CallbackPolicy(self.timestamp_window, self.dedup_seconds, self.forward_url)
+
+    def login_policy(self) -> LoginPolicy:
+        return LoginPolicy(
+            qr_expire_seconds=self.qr_expire_seconds,
+            scenes_per_minute_per_ip=self.scenes_per_minute_per_ip,
+            require_phone=self.require_phone, login_only=self.login_only,
+            link_by_phone=self.link_by_phone, reply_logged_in=self.reply_logged_in,
+            reply_finish_on_screen=self.reply_finish_on_screen,
+        )  # fmt: skip
+
+    def sms_policy(self) -> SmsPolicy:
+        return SmsPolicy(
+            hmac_key=self._sms_key(), provider=self.sms_provider,
+            webhook_url=self.sms_webhook_url, code_ttl=self.sms_code_ttl,
+            max_tries=self.sms_max_tries, interval=self.sms_interval,
+            per_day_per_phone=self.sms_per_day_per_phone,
+            per_hour_per_ip=self.sms_per_hour_per_ip,
+        )  # fmt: skip
+
+    def token_policy(self) -> TokenPolicy:
+        return TokenPolicy(
+            issuer=self.jwt_issuer, audience=self.jwt_audience,
+            access_ttl=self.access_token_ttl, refresh_ttl=self.refresh_token_ttl,
+            key_file=self.jwt_key_file, secret=self.jwt_secret,
+        )  # fmt: skip
+
+    def _sms_key(self) -> bytes:
+        """A key every process derives alike from secrets that are not in Redis."""
+        material = hashlib.sha256(b"wxpush sms code v1")
+        for account in sorted(self.accounts.values(), key=lambda a: a.name):
+            for part in (account.appid, account.token, account.secret or ""):
+                material.update(part.encode() + b"\0")
+        material.update((self.jwt_secret or "").encode())
+        return material.digest()
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict fit for logs: secrets replaced by ``"***"``."""
@@ -311,100 +196,6 @@ def port_from_env(default: int = 8000) -> int:
     """``$PORT`` as platforms such as Heroku set it (the Procfile passes it too)."""
     raw = os.environ.get("PORT", "")
     return int(raw) if raw.isdigit() else default
-
-
-def _parse(variable: str, parse: Callable[[str], Any], raw: str) -> Any:
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise SettingsError(variable, str(exc) or "malformed value") from exc
-
-
-def _load_accounts(env: Mapping[str, str], settings: Settings) -> dict[str, Account]:
-    if settings.accounts_file:
-        return _accounts_from_file(settings.accounts_file)
-    if not env.get("WXPUSH_APPID", "").strip():
-        raise SettingsError(
-            "WXPUSH_APPID", "missing; set it (with WXPUSH_TOKEN) or WXPUSH_ACCOUNTS_FILE"
-        )
-    account = _account(
-        {
-            "name": DEFAULT_ACCOUNT,
-            "appid": env.get("WXPUSH_APPID"),
-            "secret": env.get("WXPUSH_APPSECRET"),
-            "token": env.get("WXPUSH_TOKEN"),
-            "aes_key": env.get("WXPUSH_AES_KEY"),
-            "aes_key_previous": env.get("WXPUSH_AES_KEY_PREVIOUS"),
-            "access_token_url": env.get("WXPUSH_ACCESS_TOKEN_URL"),
-        },
-        lambda key: f"WXPUSH_{_ENV_SUFFIX[key]}",
-    )
-    return {DEFAULT_ACCOUNT: account}
-
-
-_ENV_SUFFIX = {
-    "name": "ACCOUNT_NAME",
-    "appid": "APPID",
-    "secret": "APPSECRET",
-    "token": "TOKEN",
-    "aes_key": "AES_KEY",
-    "aes_key_previous": "AES_KEY_PREVIOUS",
-    "access_token_url": "ACCESS_TOKEN_URL",
-}
-
-_ACCOUNT_PARSERS: dict[str, Callable[[str], Any]] = {
-    "name": _appid,
-    "appid": _appid,
-    "secret": _str,
-    "token": _wechat_token,
-    "aes_key": _aes_key,
-    "aes_key_previous": _aes_key,
-    "access_token_url": _url,
-}
-
-
-def _account(raw: Mapping[str, Any], variable: Callable[[str], str]) -> Account:
-    values: dict[str, Any] = {}
-    for key, parse in _ACCOUNT_PARSERS.items():
-        value = raw.get(key)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if not isinstance(value, str):
-            raise SettingsError(variable(key), "must be a string")
-        values[key] = _parse(variable(key), parse, value)
-    for required in ("name", "appid", "token"):
-        if required not in values:
-            raise SettingsError(variable(required), "missing")
-    if "secret" not in values and "access_token_url" not in values:
-        raise SettingsError(variable("secret"), "missing (or give access_token_url)")
-    return Account(**values)
-
-
-def _accounts_from_file(path: str) -> dict[str, Account]:
-    variable = "WXPUSH_ACCOUNTS_FILE"
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(variable, f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(variable, f"{path} is not valid TOML: {exc}") from exc
-    tables = data.get("account")
-    if not isinstance(tables, list) or not tables:
-        raise SettingsError(variable, f"{path} has no [[account]] tables")
-    accounts: dict[str, Account] = {}
-    for index, table in enumerate(tables):
-        if not isinstance(table, dict):
-            raise SettingsError(variable, f"{path}: account #{index + 1} is not a table")
-        account = _account(table, _file_variable(f"{variable} ({path}, account #{index + 1}"))
-        if account.name in accounts:
-            raise SettingsError(variable, f"{path}: account name {account.name!r} repeats")
-        accounts[account.name] = account
-    return accounts
-
-
-def _file_variable(where: str) -> Callable[[str], str]:
-    """Name a field of an accounts-file table the way errors print it."""
-    return lambda key: f"{where}, {key})"
 
 
 def _check_consistency(settings: Settings) -> None:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -67,6 +63,3 @@ class Metrics:
             self.wechat_calls.labels(path, outcome).inc()
 
         return {"request": [started], "response": [finished]}
-
-    async def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)

@@ -19,21 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from wxpush.callback.service import Claimed, Once, Retried, Scan
+from wxpush.callback.dedup import Claimed, Once, Retried
+from wxpush.callback.scan import Scan
 from wxpush.clients.wechat import WeChatAPI
-from wxpush.config.settings import Account, Settings
+from wxpush.config.accounts import Account
+from wxpush.config.policy import LoginPolicy
 from wxpush.errors import BadRequest, NotFound
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.ratelimit import RateLimiter
-from wxpush.login.scenes import CODES, Scene, SceneStore
+from wxpush.login.scenes import Scene, SceneStore
+from wxpush.login.states import status_body
 from wxpush.people.store import People
-from wxpush.sms.codes import SmsCodes, normalize_phone
+from wxpush.sms.codes import SmsCodes
+from wxpush.sms.phone import normalize_phone
 from wxpush.tokens.service import TokenService, new_family
 
 logger = logging.getLogger(__name__)
@@ -44,7 +49,8 @@ SETTLE_TIMEOUT = 2.0  # how long a shutdown waits for the give-backs still runni
 
 @dataclass(frozen=True, slots=True)
 class LoginFlow:
-    settings: Settings
+    policy: LoginPolicy
+    accounts: Mapping[str, Account]
     scenes: SceneStore
     people: People
     tokens: TokenService
@@ -61,7 +67,7 @@ class LoginFlow:
         """A new scene with its QR code, limited per IP."""
         account = self._account(account_name)
         await self.limiter.hit(
-            f"scenes:{ip}", limit=self.settings.scenes_per_minute_per_ip, window=60,
+            f"scenes:{ip}", limit=self.policy.scenes_per_minute_per_ip, window=60,
             code="scene_rate_limited", what="new QR codes",
         )  # fmt: skip
         api = self.wechat[account.name]
@@ -69,7 +75,7 @@ class LoginFlow:
         async def make_qr(scene_str: str, expire_seconds: int) -> str:
             return (await api.create_qrcode(scene_str, expire_seconds)).url
 
-        scene = await self.scenes.create(account.name, self.settings.qr_expire_seconds, make_qr)
+        scene = await self.scenes.create(account.name, self.policy.qr_expire_seconds, make_qr)
         self.metrics.scenes_created.labels(account.name).inc()
         return scene
 
@@ -196,7 +202,7 @@ class LoginFlow:
         appid, account = scan.account.appid, scan.account.name
         user_id = await self.people.user_id_of(appid, scan.openid)
         new = False
-        if user_id is None and not self.settings.require_phone and not self.settings.login_only:
+        if user_id is None and not self.policy.require_phone and not self.policy.login_only:
             scene = await self.scenes.get(scan.scene_id)  # no one is created for a dead scene
             if scene is None or scene.account != account or scene.status != "LOOP":
                 return None
@@ -214,8 +220,8 @@ class LoginFlow:
             return None
         self.metrics.transitions.labels(status).inc()
         if status == "NOT_REG":
-            return Claimed(self.settings.reply_finish_on_screen)
-        return Claimed(self.settings.reply_logged_in)
+            return Claimed(self.policy.reply_finish_on_screen)
+        return Claimed(self.policy.reply_logged_in)
 
     # -- phone binding ----------------------------------------------------------------------
 
@@ -242,10 +248,10 @@ class LoginFlow:
         await self.sms.check(phone, code, scope=scene_id)
         if scene.openid is None:  # pragma: no cover - NOT_REG always keeps the openid
             raise BadRequest("This login has no WeChat identity.", code="scene_state")
-        account = self.settings.accounts[scene.account]
+        account = self.accounts[scene.account]
         user, new = await self.people.bind_phone(
             account.appid, scene.openid, phone,
-            link_by_phone=self.settings.link_by_phone, login_only=self.settings.login_only,
+            link_by_phone=self.policy.link_by_phone, login_only=self.policy.login_only,
         )  # fmt: skip
         pair = await self._bound(scene_id, user.id, new)
         # The scene is no longer NOT_REG, so the code (valid for this scene only) can prove
@@ -272,12 +278,8 @@ class LoginFlow:
 
     def _account(self, name: str | None) -> Account:
         if name is None:
-            return self.settings.default_account
-        account = self.settings.accounts.get(name)
+            return next(iter(self.accounts.values()))
+        account = self.accounts.get(name)
         if account is None:
             raise BadRequest(f"No WeChat account is named {name!r}.", code="unknown_account")
         return account
-
-
-def status_body(status: str) -> dict[str, Any]:
-    return {"status": status, "code": CODES[status]}

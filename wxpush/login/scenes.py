@@ -25,17 +25,16 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from wxpush.callback.service import Once, Retried
+from wxpush.callback.dedup import Once, Retried
 from wxpush.errors import Conflict, Gone, NotFound
 from wxpush.infra.pipeline import HotCommands, hot_commands
+from wxpush.login import messages
+from wxpush.login.states import Status
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["LOOP", "REG", "NOT_REG", "EXPIRED"]
-CODES: dict[str, int] = {"EXPIRED": 1, "LOOP": 2, "REG": 3, "NOT_REG": 4}
-FINAL = frozenset({"REG", "EXPIRED"})
 SCENE_PREFIX = "login:"
 RESULT_GRACE = 120  # seconds a REG/NOT_REG scene outlives a QR about to expire
 
@@ -81,15 +80,6 @@ redis.call('HSET', KEYS[1], 'claimed', '0')
 redis.call('HDEL', KEYS[1], 'claim')
 return 1
 """
-
-
-def channel(scene_id: str) -> str:
-    """The pub/sub channel of a scene."""
-    return f"wxpush:scene:{scene_id}"
-
-
-def _key(scene_id: str) -> str:
-    return f"wxpush:scene:{scene_id}"
 
 
 def new_scene_id() -> str:
@@ -146,8 +136,8 @@ class SceneStore:
         fields = {"account": account, "status": "LOOP", "qr_url": qr_url,
                   "expires_at": repr(expires_at), "claimed": "0"}  # fmt: skip
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_key(scene_id), mapping=fields)
-            pipe.expire(_key(scene_id), expire_seconds)
+            pipe.hset(messages.key(scene_id), mapping=fields)
+            pipe.expire(messages.key(scene_id), expire_seconds)
             await pipe.execute()
         return Scene(scene_id, account, "LOOP", qr_url, expires_at)
 
@@ -155,7 +145,7 @@ class SceneStore:
         """The scene, or ``None`` when unknown or expired."""
         if not _plausible(scene_id):
             return None
-        raw = await self._hot.hgetall(_key(scene_id))
+        raw = await self._hot.hgetall(messages.key(scene_id))
         if not raw:
             return None
         f = {k.decode(): v.decode() for k, v in raw.items()}
@@ -197,7 +187,7 @@ class SceneStore:
 
         ``mark`` (the family of the tokens the claim is for) is what :meth:`release` takes.
         """
-        result = await self._claim(keys=[_key(scene_id)], args=[mark])
+        result = await self._claim(keys=[messages.key(scene_id)], args=[mark])
         if isinstance(result, list):
             user_id, new = (v.decode() for v in result)
             return Claim(user_id, new == "1")
@@ -206,7 +196,7 @@ class SceneStore:
     async def release(self, scene_id: str, mark: str) -> None:
         """Give back the claim made with ``mark``, if it is the scene's: the next reader
         claims again. A claim that was never taken (or another's) is left as it is."""
-        await self._release(keys=[_key(scene_id)], args=[mark])
+        await self._release(keys=[messages.key(scene_id)], args=[mark])
 
     async def require(self, scene_id: str, status: Status) -> Scene:
         """The scene if it is in ``status``: 404 unknown-but-plausible never; 410 expired."""
@@ -225,8 +215,8 @@ class SceneStore:
     ) -> bool | Retried:  # fmt: skip
         # The message is the status and the publish time (for the push-latency metric);
         # never a secret.
-        message = f"{to} {time.time():.6f}"
-        keys = [_key(scene_id)] if once is None else [_key(scene_id), once.key]
+        message = messages.encode(to)
+        keys = [messages.key(scene_id)] if once is None else [messages.key(scene_id), once.key]
         args: list[str | bytes | int] = [old, to, RESULT_GRACE, message, account]
         args += ["", ""] if once is None else [once.ttl, once.marker]
         for name, value in fields.items():

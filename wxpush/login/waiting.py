@@ -17,8 +17,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from wxpush.errors import Unavailable
+from wxpush.login import messages
 from wxpush.login.flow import LoginFlow
-from wxpush.login.scenes import CODES, FINAL
+from wxpush.login.states import FINAL
 from wxpush.realtime.hub import RESYNC, Waiter
 
 EXPIRY = "EXPIRY"  # the waiter's own timer: "the QR code's time is up, re-read"
@@ -26,27 +27,12 @@ EXPIRY_SLACK = 0.05  # Redis expires keys on its own clock; re-read a moment aft
 RETRY_READ = 0.5  # a re-read that failed because Redis is away is tried again this much later
 
 
-def heard(message: str) -> str | None:
-    """The status a scene message announces (``None`` for the waiter's own ``EXPIRY`` and
-    for ``RESYNC``, which say only "look again")."""
-    status = message.partition(" ")[0]
-    return status if status in CODES else None
-
-
-def published_at(message: str) -> float | None:
-    """The publish time carried by a scene message (``"<STATUS> <unix time>"``)."""
-    _, _, stamp = message.partition(" ")
-    try:
-        return float(stamp)
-    except ValueError:
-        return None
-
-
 async def watch(
-    flow: LoginFlow, waiter: Waiter
+    flow: LoginFlow, scene_id: str, waiter: Waiter
 ) -> AsyncGenerator[tuple[dict[str, Any], float | None], None]:
     """Yield ``(state, published_at)`` now, then for each changed state, until a final one
-    (or until ``waiter`` is stopped). ``waiter`` comes from :meth:`Hub.waiter`, subscribed.
+    (or until ``waiter`` is stopped). ``waiter`` is subscribed to the scene's channel
+    (:meth:`Hub.waiter` of :func:`.messages.channel`).
 
     ``published_at`` is when the change was published (for the push-latency metric), or
     ``None`` for the first read and for changes noticed otherwise (expiry, a resync).
@@ -54,7 +40,6 @@ async def watch(
     Raises:
         OverflowError: the consumer fell too far behind (its queue overflowed).
     """
-    scene_id = waiter.scene_id
     state, expires_at = await flow.first_state(scene_id)
     yield state, None
     if state["status"] in FINAL:
@@ -64,7 +49,7 @@ async def watch(
         last = state
         while (message := await waiter.next()) is not None:
             try:
-                state = await flow.state(scene_id, heard=heard(message))
+                state = await flow.state(scene_id, heard=messages.heard(message))
             except (RedisError, OSError, Unavailable):
                 # Redis is restarting (refused, or still loading its data): keep the
                 # browser waiting and look again shortly.
@@ -75,7 +60,7 @@ async def watch(
                 timer = _call_later(0.25, waiter)
                 continue
             if _changed(last, state):
-                yield state, published_at(message)
+                yield state, messages.published_at(message)
                 last = state
             if state["status"] in FINAL:
                 return

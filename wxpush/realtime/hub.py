@@ -1,8 +1,10 @@
 """One Redis pub/sub connection per process, fanned out to every local waiter.
 
-A *waiter* is one browser waiting on one scene (a WebSocket or a long-poll). However many
-there are, the process holds a single pub/sub connection: the first waiter of a scene
-subscribes its channel, the last one unsubscribes (reference counting).
+A *waiter* is one local listener on one channel: for the login, one browser (a WebSocket or
+a long-poll) on one scene. The hub knows channels by the names it is given (the login core
+names them, :mod:`wxpush.login.messages`), never what they carry. However many waiters there
+are, the process holds a single pub/sub connection: the first waiter of a channel
+subscribes it, the last one unsubscribes (reference counting).
 
 Ordering: :meth:`Hub.waiter` returns only once Redis has *confirmed* the subscription, so a
 waiter that then reads the scene's state cannot miss a change published after that read.
@@ -30,7 +32,6 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wxpush.errors import Unavailable
-from wxpush.login.scenes import channel
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,16 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.05, 5.0
 
 
 class Waiter:
-    """One local listener on one scene: :meth:`next` gives its messages (statuses, ``RESYNC``).
+    """One local listener on one channel: :meth:`next` gives its messages (and ``RESYNC``).
 
     Tens of thousands may wait at once, so it is small: a short list and, while its reader
     waits, one future (an ``asyncio.Queue`` with its events costs ten times that).
     """
 
-    __slots__ = ("_messages", "_size", "_wakeup", "overflowed", "scene_id", "stopped")
+    __slots__ = ("_messages", "_size", "_wakeup", "channel", "overflowed", "stopped")
 
-    def __init__(self, scene_id: str, size: int) -> None:
-        self.scene_id = scene_id
+    def __init__(self, channel: str, size: int) -> None:
+        self.channel = channel
         self._size = size
         self._messages: list[str] = []
         self._wakeup: asyncio.Future[None] | None = None
@@ -119,19 +120,18 @@ class Hub:
         return sum(len(c.waiters) for c in self._channels.values())
 
     @asynccontextmanager
-    async def waiter(self, scene_id: str, size: int = QUEUE_SIZE) -> AsyncIterator[Waiter]:
+    async def waiter(self, name: str, size: int = QUEUE_SIZE) -> AsyncIterator[Waiter]:
         """Subscribe (confirmed by Redis) for the duration of the block.
 
         Raises:
             Unavailable: the subscription was not confirmed within a second (Redis down).
         """
-        name = channel(scene_id)
         entry = self._channels.get(name)
         if entry is None:
             entry = self._channels[name] = _Channel()
             if self._connected.is_set():
                 await self._subscribe(name)
-        waiter = Waiter(scene_id, size)
+        waiter = Waiter(name, size)
         entry.waiters.add(waiter)
         try:
             try:

@@ -16,9 +16,7 @@ import os
 import secrets
 
 from dotenv import dotenv_values
-from starlette.applications import Starlette
 
-from wxpush.app import create_app
 from wxpush.config.settings import Settings
 
 DEMO_APPID = "wxsandboxdemo0001"
@@ -43,12 +41,9 @@ def demo_settings(host: str, port: int) -> Settings:
     return Settings.from_env({**defaults, **dotenv, **os.environ, **forced}, dotenv=None)
 
 
-def demo_app(settings: Settings) -> tuple[Starlette, str]:
-    """The demo app on :func:`demo_settings`, and the URL to open in a browser.
-
-    Unless ``WXPUSH_PUBLIC_URL`` is set, the page's sockets are checked against the address
-    the demo listens on (and ``localhost`` for a loopback one): the page works from the
-    printed URL, from ``localhost`` and from a LAN address the demo is bound to.
-    """
-    base = settings.wechat_api_base.removesuffix("/sandbox")
-    return create_app(settings), settings.public_url or base
+def demo_url(settings: Settings) -> str:
+    """The URL to open in a browser: ``WXPUSH_PUBLIC_URL``, else the address the demo listens
+    on. Unless ``WXPUSH_PUBLIC_URL`` is set, the page's sockets are checked against that
+    address (and ``localhost`` for a loopback one): the page works from the printed URL, from
+    ``localhost`` and from a LAN address the demo is bound to."""
+    return settings.public_url or settings.wechat_api_base.removesuffix("/sandbox")

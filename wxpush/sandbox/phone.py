@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from wxpush.config.settings import Account
-from wxpush.errors import error_response
+from wxpush.config.accounts import Account
 from wxpush.sandbox.page import PHONE_PAGE
 from wxpush.sandbox.platform import account_by_appid, ticket_record
-from wxpush.sms.codes import ConsoleProvider, normalize_phone
+from wxpush.sms.phone import normalize_phone
+from wxpush.sms.providers import ConsoleProvider
+from wxpush.web.errors import error_response
 from wxpush.wechat import replies
 from wxpush.wechat.crypto import MessageCrypto
 from wxpush.wechat.messages import parse_fields

@@ -19,8 +19,8 @@ import segno
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from wxpush.config.settings import Account
-from wxpush.errors import error_response
+from wxpush.config.accounts import Account
+from wxpush.web.errors import error_response
 
 TOKEN_LIFETIME = 7200
 MAX_QR_SECONDS = 2_592_000  # WeChat's cap for temporary QR codes: 30 days

@@ -30,34 +30,16 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-import httpx
-import phonenumbers
-from phonenumbers import PhoneNumberType
-
-from wxpush.clients import outbound
-from wxpush.config.settings import Settings
-from wxpush.errors import BadGateway, BadRequest, Gone, RateLimited
-from wxpush.people.store import mask_phone
+from wxpush.config.policy import SmsPolicy
+from wxpush.errors import BadRequest, Gone, RateLimited
+from wxpush.sms.phone import mask_phone
+from wxpush.sms.providers import SmsProvider
 
 logger = logging.getLogger(__name__)
 
-WEBHOOK_TIMEOUT = 5.0
 CODE_DIGITS = 6
-_MAX_INPUT = 40  # longer "phone numbers" are not parsed at all
-_NOT_FOR_SMS = frozenset(
-    {
-        PhoneNumberType.FIXED_LINE,
-        PhoneNumberType.TOLL_FREE,
-        PhoneNumberType.PREMIUM_RATE,
-        PhoneNumberType.SHARED_COST,
-    }
-)
-_INVALID_PHONE = (
-    "That is not a valid mobile phone number; enter it like 13800138000 or +86 138 0013 8000."
-)
-
 # KEYS: next, day log, ip log. ARGV: now_ms, interval_ms, day limit, ip limit, member, next.
 # Answers {verdict, ms to wait}; on "ok" the send is recorded in all three keys.
 _RESERVE = """
@@ -112,112 +94,22 @@ return 0
 """
 
 
-def normalize_phone(raw: str) -> str:
-    """Parse a phone number as people type it and return it in E.164 (``+8613800138000``).
-
-    A number without a ``+`` is read as a mainland China number (so ``13800138000`` means
-    +86); landlines and other numbers that cannot receive SMS are refused with a 400.
-    """
-    text = raw.strip()
-    if not text or len(text) > _MAX_INPUT:
-        raise BadRequest(_INVALID_PHONE, code="invalid_phone")
-    try:
-        number = phonenumbers.parse(text, None if text.startswith("+") else "CN")
-    except phonenumbers.NumberParseException as exc:
-        raise BadRequest(_INVALID_PHONE, code="invalid_phone") from exc
-    if not phonenumbers.is_valid_number(number):
-        raise BadRequest(_INVALID_PHONE, code="invalid_phone")
-    if phonenumbers.number_type(number) in _NOT_FOR_SMS:
-        raise BadRequest(
-            "That number cannot receive text messages; enter a mobile number.",
-            code="invalid_phone",
-        )
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-class SmsProvider(Protocol):
-    """Delivers a code; raises :class:`~wxpush.errors.BadGateway` when it could not."""
-
-    async def send(self, phone: str, code: str, expires_in: int) -> None: ...
-
-
-class ConsoleProvider:
-    """Prints the code on stdout, for development and the demo; sends nothing.
-
-    It also keeps the latest code per phone in Redis (``wxpush:sms:console:last:{phone}``,
-    for the code's lifetime) so that the sandbox can show it on a page.
-    """
-
-    def __init__(self, redis: Any) -> None:
-        self._redis = redis
-
-    async def send(self, phone: str, code: str, expires_in: int) -> None:
-        await self._redis.set(_console_key(phone), code, ex=expires_in)
-        print(  # deliberate: showing the code is this provider's whole job
-            f"[wxpush] SMS code for {mask_phone(phone)}: {code} (valid {expires_in} s)",
-            flush=True,
-        )
-
-    async def latest(self, phone: str) -> str | None:
-        """The last code "sent" to ``phone`` while it is still valid."""
-        value = await self._redis.get(_console_key(phone))
-        return None if value is None else _text(value)
-
-
-class WebhookProvider:
-    """POSTs ``{"phone", "code", "expires_in"}`` as JSON to a URL; any 2xx means sent.
-
-    The receiver bridges to a real SMS vendor. Anything else — another status, a network
-    error, no answer within 5 s — is a 502 for the caller, and the send is not counted. A
-    kept-alive connection that the receiver closed just as the code went out on it is no
-    failure: the code goes out again on a new one (see :mod:`wxpush.clients.outbound`).
-    """
-
-    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
-        self._http = http
-        self._url = url
-
-    async def send(self, phone: str, code: str, expires_in: int) -> None:
-        body = {"phone": phone, "code": code, "expires_in": expires_in}
-        try:
-            response = await outbound.post(
-                self._http, self._url, json=body, timeout=WEBHOOK_TIMEOUT
-            )
-        except httpx.HTTPError as exc:
-            logger.warning("SMS webhook unreachable for %s: %r", mask_phone(phone), exc)
-            raise _sms_failed() from exc
-        if not response.is_success:
-            logger.warning(
-                "SMS webhook answered %d for %s", response.status_code, mask_phone(phone)
-            )
-            raise _sms_failed()
-
-
-def make_provider(settings: Settings, *, http: httpx.AsyncClient, redis: Any) -> SmsProvider:
-    """The provider ``WXPUSH_SMS_PROVIDER`` names."""
-    if settings.sms_provider == "webhook":
-        if not settings.sms_webhook_url:
-            raise ValueError("the webhook SMS provider needs WXPUSH_SMS_WEBHOOK_URL")
-        return WebhookProvider(http, settings.sms_webhook_url)
-    return ConsoleProvider(redis)
-
-
 class SmsCodes:
-    """Send and verify one-time codes under the limits of ``settings``."""
+    """Send and verify one-time codes under the limits of an :class:`SmsPolicy`."""
 
     def __init__(
         self,
-        settings: Settings,
+        policy: SmsPolicy,
         redis: Any,
         provider: SmsProvider,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._settings = settings
+        self._policy = policy
         self._redis = redis
         self._provider = provider
         self._clock = clock
-        self._key = _hmac_key(settings)
+        self._key = policy.hmac_key
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
         self._verify = redis.register_script(_VERIFY)
@@ -229,24 +121,24 @@ class SmsCodes:
         Raises :class:`RateLimited` (``Retry-After`` = seconds until allowed) past a limit and
         :class:`BadGateway` when the provider fails, in which case nothing is consumed.
         """
-        s = self._settings
+        s = self._policy
         now = self._now_ms()
-        member, next_ok = f"{now}:{secrets.token_hex(4)}", str(now + s.sms_interval * 1000)
+        member, next_ok = f"{now}:{secrets.token_hex(4)}", str(now + s.interval * 1000)
         keys = [f"wxpush:sms:next:{phone}", f"wxpush:sms:day:{phone}", f"wxpush:sms:ip:{ip}"]
-        limits = [s.sms_per_day_per_phone, s.sms_per_hour_per_ip]
-        args = [now, s.sms_interval * 1000, *limits, member, next_ok]
+        limits = [s.per_day_per_phone, s.per_hour_per_ip]
+        args = [now, s.interval * 1000, *limits, member, next_ok]
         verdict, wait_ms = await self._reserve(keys=keys, args=args)
         if _text(verdict) != "ok":
             raise _rate_limited(_text(verdict), math.ceil(int(wait_ms) / 1000))
         code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
         try:
-            await self._provider.send(phone, code, s.sms_code_ttl)
+            await self._provider.send(phone, code, s.code_ttl)
         except Exception:
             await self._release(keys=keys, args=[member, next_ok])
             raise
         await self._store(phone, scope, code, now)
         logger.info("SMS code sent to %s", mask_phone(phone))
-        return s.sms_interval
+        return s.interval
 
     async def verify(self, phone: str, code: str, *, scope: str) -> None:
         """Accept the code once (:meth:`check`, then spent at once)."""
@@ -280,10 +172,10 @@ class SmsCodes:
         _check_verdict(_text(verdict), int(left))
 
     async def _store(self, phone: str, scope: str, code: str, now: int) -> None:
-        ttl = self._settings.sms_code_ttl
+        ttl = self._policy.code_ttl
         fields = {
             "digest": self._digest(phone, scope, code),
-            "left": self._settings.sms_max_tries,
+            "left": self._policy.max_tries,
             "exp": now + ttl * 1000,
         }
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -346,23 +238,5 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _sms_failed() -> BadGateway:
-    return BadGateway("The text message could not be sent; try again.", code="sms_failed")
-
-
 def _code_key(phone: str, scope: str) -> str:
     return f"wxpush:sms:code:{scope}:{phone}"
-
-
-def _console_key(phone: str) -> str:
-    return f"wxpush:sms:console:last:{phone}"
-
-
-def _hmac_key(settings: Settings) -> bytes:
-    """A key every process derives alike from secrets that are not in Redis."""
-    material = hashlib.sha256(b"wxpush sms code v1")
-    for account in sorted(settings.accounts.values(), key=lambda a: a.name):
-        for part in (account.appid, account.token, account.secret or ""):
-            material.update(part.encode() + b"\0")
-    material.update((settings.jwt_secret or "").encode())
-    return material.digest()

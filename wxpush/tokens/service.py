@@ -1,9 +1,8 @@
 """Access tokens (JWT) and refresh tokens (opaque, rotated, in Redis).
 
-Access tokens are ES256 JWTs signed with a P-256 key kept in a PEM file (created on first
-start, mode 0600), or HS256 when ``WXPUSH_JWT_SECRET`` is set. :meth:`TokenService.verify`
-decodes with a *fixed* algorithm list, so neither ``alg: none`` nor algorithm confusion (an
-HMAC keyed with our public key) can pass, and every failure is the same 401. Time comes from
+Access tokens are JWTs signed by the one :class:`~wxpush.tokens.keys.Signer` (ES256 with a
+key file, or HS256 with ``WXPUSH_JWT_SECRET``); :meth:`TokenService.verify` answers every
+failure with the same 401. Time comes from
 an injectable clock, so ``exp``/``iat`` are checked by us rather than by PyJWT's wall clock.
 
 Refresh tokens are 256 random bits handed to the client once; Redis only ever sees their
@@ -21,33 +20,25 @@ A token is live only while its hash is in its family's set, so revoking a family
 
 from __future__ import annotations
 
-import base64
-import errno
 import hashlib
-import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from redis.asyncio import Redis
 
-from wxpush.config.settings import Settings, SettingsError
+from wxpush.config.policy import TokenPolicy
 from wxpush.errors import Unauthorized
 from wxpush.infra.pipeline import HotCommands, hot_commands
+from wxpush.tokens.keys import Signer
 
 logger = logging.getLogger(__name__)
 
-KEY_VARIABLE = "WXPUSH_JWT_KEY_FILE"
 AMR = ("wechat_mp",)
-MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key is at least as long as the hash
 IAT_LEEWAY = 30  # seconds of clock skew tolerated between the hosts that issue and verify
 _REQUIRED = ["exp", "iat", "sub", "iss", "aud", "jti"]
 _RT_KEYS = "wxpush:rt:"
@@ -83,105 +74,6 @@ return {'ok', user}
 """
 
 
-# --- the signing key --------------------------------------------------------------------------
-
-
-def load_or_create_signing_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
-    """Load the ES256 key from ``path``, creating it (mode 0600) when the file is absent.
-
-    Several workers may start together: the new file is written under a temporary name and
-    hard-linked into place, which fails if another process got there first; we then load
-    theirs, so every worker signs with the same key.
-
-    Raises:
-        SettingsError: the file cannot be read or written, or is not a P-256 private key.
-    """
-    path = Path(path)
-    if not path.exists():
-        try:
-            _write_key(path, ec.generate_private_key(ec.SECP256R1()), overwrite=False)
-            logger.info("created a new JWT signing key in %s", path)
-        except FileExistsError:
-            pass  # another worker created it first: use theirs
-    return _read_key(path)
-
-
-def generate_key_file(path: str | Path, *, force: bool = False) -> str:
-    """Write a new signing key for ``wxpush keygen`` and return its ``kid``.
-
-    Replacing the key makes every access token issued so far fail verification, so an
-    existing file is only overwritten with ``force=True``.
-
-    Raises:
-        FileExistsError: the file exists and ``force`` is false.
-        SettingsError: the file cannot be written.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    _write_key(Path(path), key, overwrite=force)
-    return _thumbprint(key.public_key())
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, overwrite: bool) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Created 0600 from the start (O_EXCL: never someone else's file): never readable by others.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
-            out.flush()
-            os.fsync(out.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # atomic, and fails if the name exists (unlike rename)
-    except FileExistsError as exc:
-        raise FileExistsError(errno.EEXIST, "the key file exists", str(path)) from exc
-    except OSError as exc:
-        raise SettingsError(KEY_VARIABLE, f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        data = path.read_bytes()
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise SettingsError(KEY_VARIABLE, f"cannot read {path}: {exc.strerror}") from exc
-    if mode & 0o077:
-        logger.warning("the JWT signing key %s is readable by other users; chmod 600 it", path)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        problem = f"{path} is not an unencrypted PEM private key (delete it to create a new one)"
-        raise SettingsError(KEY_VARIABLE, problem) from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise SettingsError(KEY_VARIABLE, f"{path} is not a P-256 (ES256) private key")
-    return key
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _public_jwk(public: ec.EllipticCurvePublicKey) -> dict[str, str]:
-    numbers = public.public_numbers()
-    x, y = (_b64(n.to_bytes(32, "big")) for n in (numbers.x, numbers.y))
-    return {"crv": "P-256", "kty": "EC", "x": x, "y": y}
-
-
-def _thumbprint(public: ec.EllipticCurvePublicKey) -> str:
-    """RFC 7638: SHA-256 of the required members, sorted, without whitespace."""
-    canonical = json.dumps(_public_jwk(public), sort_keys=True, separators=(",", ":"))
-    return _b64(hashlib.sha256(canonical.encode("ascii")).digest())
-
-
 # --- the service ------------------------------------------------------------------------------
 
 
@@ -201,40 +93,23 @@ class TokenService:
 
     def __init__(
         self,
-        settings: Settings,
+        policy: TokenPolicy,
         redis: Redis,
         hot: HotCommands | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``hot`` (default ``redis``) carries :meth:`issue`, which a login's frame waits for."""
-        self._settings = settings
+        self._policy = policy
         self._redis = redis
         self._clock = clock
         self._rotate = redis.register_script(_ROTATE)
         self._issue = hot_commands(redis, hot).register_script(_ISSUE)
-        self._public: ec.EllipticCurvePublicKey | None = None
-        self._signing_key: ec.EllipticCurvePrivateKey | bytes
-        self._verify_key: ec.EllipticCurvePublicKey | bytes
-        self._algorithm: Literal["ES256", "HS256"]
-        if settings.jwt_secret is not None:
-            secret = settings.jwt_secret.encode("utf-8")
-            if len(secret) < MIN_SECRET_BYTES:
-                raise SettingsError("WXPUSH_JWT_SECRET", "must be at least 32 bytes long")
-            self._algorithm, self._signing_key, self._verify_key = "HS256", secret, secret
-            self.kid = hashlib.sha256(b"wxpush-kid:" + secret).hexdigest()[:16]
-        else:
-            key = load_or_create_signing_key(settings.jwt_key_file)
-            self._public = key.public_key()
-            self._algorithm, self._signing_key, self._verify_key = "ES256", key, self._public
-            self.kid = _thumbprint(self._public)
+        self.signer = Signer(policy)
+        self.kid = self.signer.kid
 
     def jwks(self) -> dict[str, Any]:
-        """The public keys for ``/.well-known/jwks.json``; none with HS256 (a secret stays one)."""
-        if self._public is None:
-            return {"keys": []}
-        entry = {**_public_jwk(self._public), "kid": self.kid, "alg": "ES256", "use": "sig"}
-        return {"keys": [entry]}
+        return self.signer.jwks()
 
     async def issue(self, user_id: str, *, new: bool, family: str | None = None) -> dict[str, Any]:
         """Start a login: an access token and the first refresh token of a new family.
@@ -245,7 +120,7 @@ class TokenService:
         refresh_token = secrets.token_urlsafe(32)
         family = family or new_family()
         digest = _digest(refresh_token)
-        ttl = self._settings.refresh_token_ttl
+        ttl = self._policy.refresh_ttl
         keys = [_token_key(digest), _family_key(family)]
         await self._issue(keys=keys, args=[digest, family, user_id, ttl])
         return self._pair(user_id, refresh_token, new=new)
@@ -263,7 +138,7 @@ class TokenService:
             raise _invalid_refresh()
         new_token = secrets.token_urlsafe(32)
         new_digest = _digest(new_token)
-        family, ttl = _text(family), self._settings.refresh_token_ttl
+        family, ttl = _text(family), self._policy.refresh_ttl
         keys = [_token_key(digest), _family_key(family), _token_key(new_digest)]
         args: list[str | int] = [digest, new_digest, family, ttl]
         result = await self._rotate(keys=keys, args=args)
@@ -301,12 +176,10 @@ class TokenService:
                 so the answer tells an attacker nothing).
         """
         try:
-            decoded = jwt.decode_complete(
+            decoded = self.signer.decode(
                 access_token,
-                self._verify_key,
-                algorithms=[self._algorithm],
-                audience=self._settings.jwt_audience,
-                issuer=self._settings.jwt_issuer,
+                audience=self._policy.audience,
+                issuer=self._policy.issuer,
                 # exp and iat are checked below against our clock, not PyJWT's.
                 options={"require": _REQUIRED, "verify_exp": False, "verify_iat": False},
             )
@@ -318,8 +191,6 @@ class TokenService:
         return claims
 
     def _claims(self, header: dict[str, Any], payload: dict[str, Any]) -> Claims:
-        if header.get("kid") != self.kid:
-            raise jwt.InvalidTokenError("unknown kid")
         iat, exp, amr = payload["iat"], payload["exp"], payload.get("amr", [])
         if type(iat) is not int or type(exp) is not int:
             raise jwt.InvalidTokenError("iat and exp must be integers")
@@ -334,7 +205,7 @@ class TokenService:
         return {
             "access_token": self._access_token(user_id),
             "token_type": "Bearer",
-            "expires_in": self._settings.access_token_ttl,
+            "expires_in": self._policy.access_ttl,
             "refresh_token": refresh_token,
             "user": {"id": user_id, "new": new},
         }
@@ -342,16 +213,15 @@ class TokenService:
     def _access_token(self, user_id: str) -> str:
         now = int(self._clock())
         payload = {
-            "iss": self._settings.jwt_issuer,
+            "iss": self._policy.issuer,
             "sub": user_id,
-            "aud": self._settings.jwt_audience,
+            "aud": self._policy.audience,
             "iat": now,
-            "exp": now + self._settings.access_token_ttl,
+            "exp": now + self._policy.access_ttl,
             "jti": secrets.token_urlsafe(16),
             "amr": list(AMR),
         }
-        headers = {"kid": self.kid}
-        return jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers=headers)
+        return self.signer.sign(payload)
 
 
 def new_family() -> str:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wxpush.web.requests import client_host
 
-logger = logging.getLogger("wxpush.web.access")
+logger = logging.getLogger("wxpush.access")  # the name operators filter on (README)
 
 ROUTE = "wxpush.route"  # the scope key naming the route of a request that skips the router
 NO_ROUTE = "-"  # nothing matched: the path is not written, it may hold a mistyped secret

@@ -1,16 +1,18 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and the metrics."""
 
 from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from wxpush.errors import Unavailable
 from wxpush.people.store import People
 
 READY_TIMEOUT = 1.0
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -28,3 +30,9 @@ async def readyz(request: Request) -> JSONResponse:
     people: People = request.state.people
     await people.ping(timeout=READY_TIMEOUT)
     return JSONResponse({"status": "ok", "redis": "ok", "database": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    """The app's Prometheus registry, in the text format."""
+    registry = request.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE)

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 
 from starlette.types import Scope
 
+from wxpush.config.values import canonical_origin as canonical
+from wxpush.config.values import origin_text as text
+
 if TYPE_CHECKING:
     from wxpush.config.settings import Settings
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def allowed(settings: Settings, origin: str | None, scope: Scope) -> bool:
@@ -52,27 +53,3 @@ def own(settings: Settings, scope: Scope) -> set[str]:
         if address.is_loopback:
             return {text(scheme, host, port), text(scheme, "localhost", port)}
     return {text(scheme, host, port)}
-
-
-def canonical(url: str) -> str | None:
-    """The origin ``url`` names, as a browser's ``Origin`` header would put it, or ``None``
-    when it is not a bare http(s) origin (``null``, a path, user info, a bad port)."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
-        return None
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return None
-    return text(scheme, parts.hostname, port)
-
-
-def text(scheme: str, host: str, port: int | None) -> str:
-    """An origin from its parts: IPv6 hosts in brackets, the scheme's default port left out."""
-    host = f"[{host.lower()}]" if ":" in host else host.lower()
-    if port is None or port == DEFAULT_PORTS[scheme]:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"

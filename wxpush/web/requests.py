@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from wxpush.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    RequestTimeout,
-    WxpushError,
-    error_response,
-    from_protocol_error,
-)
-from wxpush.wechat.errors import ProtocolError
-
-logger = logging.getLogger(__name__)
+from wxpush.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -130,28 +115,3 @@ def client_host(scope: Scope) -> str:
     uvicorn's proxy headers, which ``wxpush serve`` turns on for those proxies only)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
-
-
-def error_answer(exc: Exception) -> tuple[str, Response]:
-    """The error code and JSON answer for anything a handler raised (never a traceback)."""
-    if isinstance(exc, WxpushError):
-        return exc.code, exc.response()
-    if isinstance(exc, ProtocolError):
-        error = from_protocol_error(exc)
-        return error.code, error.response()
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        logger.warning("Redis is unavailable: %s", type(exc).__name__)
-        message = "Redis is not reachable; try again shortly."
-        return "redis_unavailable", error_response(503, "redis_unavailable", message)
-    if isinstance(exc, HTTPException):
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        headers = dict(exc.headers or {})
-        if "Allow" in headers:  # Starlette joins a route's methods from a set: in no fixed order
-            headers["Allow"] = ", ".join(sorted(headers["Allow"].split(", ")))
-        return code, error_response(exc.status_code, code, str(exc.detail), headers)
-    logger.error("unhandled error", exc_info=exc)
-    message = "Something went wrong on the server."
-    return "internal_error", error_response(500, "internal_error", message)
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from wxpush.errors import BadRequest
 from wxpush.infra.metrics import Metrics
+from wxpush.login import messages
 from wxpush.login.flow import LoginFlow
 from wxpush.login.waiting import watch
 from wxpush.web.requests import client_ip, read_json, text_field
@@ -125,11 +126,11 @@ async def _first_settled(request: Request, seconds: int) -> dict[str, Any]:
     read that has just claimed the scene is issuing its tokens, and cutting it short would
     lose the login. Such a read finishes and is the answer.
     """
-    flow, hub = _flow(request), request.state.hub
+    flow, hub, scene_id = _flow(request), request.state.hub, request.path_params["scene"]
     latest: dict[str, Any] = {"status": "LOOP", "code": 2}
     async with (
-        hub.waiter(request.path_params["scene"]) as waiter,
-        aclosing(watch(flow, waiter)) as states,
+        hub.waiter(messages.channel(scene_id)) as waiter,
+        aclosing(watch(flow, scene_id, waiter)) as states,
     ):
         deadline = asyncio.get_running_loop().call_later(seconds, waiter.stop)
         try:

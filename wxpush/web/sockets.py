@@ -14,12 +14,14 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from wxpush.config.settings import Settings
-from wxpush.errors import WxpushError, error_response
+from wxpush.errors import WxpushError
 from wxpush.infra.metrics import Metrics
+from wxpush.login import messages
 from wxpush.login.flow import LoginFlow
 from wxpush.login.waiting import watch
 from wxpush.realtime.hub import Hub, Waiter
 from wxpush.web import access, origins
+from wxpush.web.errors import error_response
 from wxpush.web.requests import client_host
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,8 @@ class SocketCount:
             del self._open[ip]
 
 
-async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str) -> None:
-    """The socket of one waiting browser, as a plain ASGI app.
+async def scene_socket(scope: Scope, receive: Receive, send: Send) -> None:
+    """The socket of one waiting browser (``WS /ws/v1/scenes/{scene}``), as a plain ASGI app.
 
     A waiting socket lives for minutes and there may be tens of thousands: it holds no
     Starlette request object, middleware or routing frames, and one task besides its own
@@ -56,6 +58,7 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send, scene_id: str
     access log's wrapper.
     """
     started = time.perf_counter()
+    scene_id: str = scope["path_params"]["scene"]
     state = scope["state"]
     settings: Settings = state["settings"]
     if (await receive())["type"] != "websocket.connect":
@@ -86,10 +89,10 @@ async def _serve(
 ) -> None:
     """Push states until a final one, the client leaves, or it stops reading."""
     try:
-        async with hub.waiter(scene_id) as waiter:
+        async with hub.waiter(messages.channel(scene_id)) as waiter:
             listening = asyncio.create_task(_until_disconnect(receive, waiter))
             try:
-                code, reason = await _push(send, waiter, flow, metrics)
+                code, reason = await _push(send, scene_id, waiter, flow, metrics)
             finally:
                 listening.cancel()
             if waiter.stopped:
@@ -100,12 +103,14 @@ async def _serve(
         await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
-async def _push(send: Send, waiter: Waiter, flow: LoginFlow, metrics: Metrics) -> tuple[int, str]:
+async def _push(
+    send: Send, scene_id: str, waiter: Waiter, flow: LoginFlow, metrics: Metrics
+) -> tuple[int, str]:
     """Send every state; returns the close code and reason to end with."""
     try:
-        async with aclosing(watch(flow, waiter)) as states:
+        async with aclosing(watch(flow, scene_id, waiter)) as states:
             async for state, published in states:
-                if not await _deliver(send, waiter, flow, state):
+                if not await _deliver(send, scene_id, waiter, flow, state):
                     return NORMAL, ""  # the client left: there is no one to close for
                 if published is not None:
                     metrics.push_latency.observe(max(0.0, time.time() - published))
@@ -118,7 +123,9 @@ async def _push(send: Send, waiter: Waiter, flow: LoginFlow, metrics: Metrics) -
     return NORMAL, ""
 
 
-async def _deliver(send: Send, waiter: Waiter, flow: LoginFlow, state: dict[str, Any]) -> bool:
+async def _deliver(
+    send: Send, scene_id: str, waiter: Waiter, flow: LoginFlow, state: dict[str, Any]
+) -> bool:
     """Send one state; ``False`` when the client has left. A login (a state with tokens)
     that cannot be sent — the client left while it was being claimed — is given back, so the
     scene's next reader gets it instead of no one."""
@@ -126,12 +133,12 @@ async def _deliver(send: Send, waiter: Waiter, flow: LoginFlow, state: dict[str,
         await send({"type": "websocket.send", "text": _compact(state)})
         return True
     if waiter.stopped:
-        flow.give_back(waiter.scene_id, state)
+        flow.give_back(scene_id, state)
         return False
     try:
         await send({"type": "websocket.send", "text": _compact(state)})
     except (OSError, RuntimeError):  # closed under us (ClientDisconnected is an OSError)
-        flow.give_back(waiter.scene_id, state)
+        flow.give_back(scene_id, state)
         raise
     return True
 
@@ -175,3 +182,10 @@ async def _deny(
     await send({"type": "websocket.http.response.start", "status": status,
                 "headers": answer.raw_headers})  # fmt: skip
     await send({"type": "websocket.http.response.body", "body": answer.body})
+
+
+class SceneSocket:
+    """:func:`scene_socket` as routing takes a plain ASGI app (a function would be wrapped in
+    a Starlette session, a frame and an object more for every waiting socket)."""
+
+    __call__ = staticmethod(scene_socket)

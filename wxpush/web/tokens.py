@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from wxpush.errors import Unauthorized
-from wxpush.people.store import People, mask_phone
+from wxpush.people.store import People
+from wxpush.sms.phone import mask_phone
 from wxpush.tokens.service import TokenService
 from wxpush.web.requests import read_json, text_field
 

@@ -15,10 +15,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import request_response
 from starlette.types import Receive, Scope, Send
 
-from wxpush.callback.service import CallbackService, Inbound
-from wxpush.config.settings import Account, Settings
+from wxpush.callback.forward import Inbound
+from wxpush.callback.service import CallbackService
+from wxpush.config.accounts import Account
+from wxpush.config.settings import Settings
 from wxpush.errors import NotFound
-from wxpush.web.requests import error_answer, read_asgi_body
+from wxpush.web.errors import error_answer
+from wxpush.web.requests import read_asgi_body
 
 
 def _account(settings: Settings, name: str) -> Account:
@@ -38,8 +41,8 @@ async def verify(request: Request) -> Response:
 class Callback:
     """The route as Starlette sees it: GET (and HEAD) for the URL check, POST for events.
     One route for both, so that any other method is answered 405 with an ``Allow`` naming
-    them all. The app's fast pipelined connection calls :func:`handle_post` itself, before any
-    routing."""
+    them all. The app serves the POST as a hot route: this app is called without routing or
+    middleware (:class:`wxpush.app.App`)."""
 
     def __init__(self) -> None:
         self._verify = request_response(verify)

@@ -1,0 +1,17 @@
+"""The states of a scene (SPEC §2) and the body every channel answers with.
+
+The names and numbers are the seed design's: ``EXPIRED(1) LOOP(2) REG(3) NOT_REG(4)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Status = Literal["LOOP", "REG", "NOT_REG", "EXPIRED"]
+CODES: dict[str, int] = {"EXPIRED": 1, "LOOP": 2, "REG": 3, "NOT_REG": 4}
+FINAL = frozenset({"REG", "EXPIRED"})
+
+
+def status_body(status: str) -> dict[str, Any]:
+    """``{"status", "code"}``: the start of every answer about a scene."""
+    return {"status": status, "code": CODES[status]}
