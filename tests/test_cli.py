@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jwt
 
+from tests.util import free_port
+
 
 def wxpush(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
@@ -47,7 +49,20 @@ def test_check_reports_each_part_on_its_own_line(tmp_path: Path) -> None:
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("settings: ok")
     assert lines[1].startswith("redis: ok (embedded")
-    assert lines[2].startswith("wechat token (default): failed — WeChat cannot be reached")
+    assert lines[2] == "database: ok (sqlite)"
+    assert lines[3].startswith("wechat token (default): failed — WeChat cannot be reached")
+
+
+def test_check_reaches_the_database(tmp_path: Path) -> None:
+    done = wxpush(
+        "check", cwd=tmp_path, WXPUSH_APPID="wx0123456789abcdef", WXPUSH_APPSECRET="s",
+        WXPUSH_TOKEN="tok123", WXPUSH_WECHAT_API_BASE="http://127.0.0.1:9",
+        WXPUSH_DATABASE_URL=f"postgresql://wxpush@127.0.0.1:{free_port()}/wxpush",
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stdout.strip().splitlines()
+    assert lines[2] == "database: failed — The database is not reachable; try again shortly."
+    assert "Traceback" not in done.stderr
 
 
 def test_check_names_a_bad_setting(tmp_path: Path) -> None:

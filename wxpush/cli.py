@@ -20,7 +20,9 @@ from wxpush.config.accounts import Account
 from wxpush.config.settings import Settings, port_from_env
 from wxpush.errors import SettingsError, WxpushError
 from wxpush.infra.redis_client import open_redis
+from wxpush.infra.sql import open_engine
 from wxpush.lifespan import quiet_secret_loggers
+from wxpush.people.store import People
 from wxpush.tokens.keys import generate_key_file
 
 
@@ -239,6 +241,7 @@ async def _check_services(settings: Settings) -> int:
         except Exception as exc:
             print(f"redis: failed — {type(exc).__name__}: {exc}")
             return 1
+        failures += await _check_database(settings.database_url)
         for account in settings.accounts.values():
             api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
             try:
@@ -248,6 +251,23 @@ async def _check_services(settings: Settings) -> int:
                 failures += 1
                 print(f"wechat token ({account.name}): failed — {exc.message}")
     return 1 if failures else 0
+
+
+async def _check_database(url: str) -> int:
+    """``database: ok (<kind>)`` when a query answers, else the failure in words (1)."""
+    engine = open_engine(url)
+    people = People(engine)
+    kind = engine.dialect.name
+    try:
+        await people.ping(timeout=3)
+        print(f"database: ok ({kind})")
+        return 0
+    except WxpushError as exc:
+        print(f"database: failed — {exc.message}")
+        return 1
+    finally:
+        people.close()
+        await engine.dispose()
 
 
 # -- menu -----------------------------------------------------------------------------------
