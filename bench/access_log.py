@@ -91,14 +91,14 @@ def jobs(uvicorn_log: logging.Logger) -> dict[str, Job]:
         uvicorn_log.info('%s - "%s %s HTTP/%s" %d', get_client_addr(s), s["method"],  # type: ignore[arg-type]
                          get_path_with_query_string(s), s["http_version"], 200)  # type: ignore[arg-type]  # fmt: skip
 
-    return {"bare": bare, "wxpush, log off": off, "wxpush.web.access line": ours,
+    return {"bare": bare, "wxpush, log off": off, "wxpush.access line": ours,
             "uvicorn's access line": uvicorns}  # fmt: skip
 
 
 async def run(rounds: int, batch: int) -> None:
     ours, theirs = loggers()
     for name, level, wanted in (("warning", logging.WARNING, ("bare", "wxpush, log off")),
-                                ("info", logging.INFO, ("bare", "wxpush.web.access line",
+                                ("info", logging.INFO, ("bare", "wxpush.access line",
                                                         "uvicorn's access line"))):  # fmt: skip
         ours.setLevel(level)
         theirs.setLevel(level)
