@@ -1,42 +1,34 @@
-"""A fake WeChat server API, speaking WeChat's real JSON shapes, on a real loopback port.
+"""A fake WeChat server API on a real loopback port: the sandbox's core, observed and scripted.
 
 Use the ``fake_wechat`` fixture (import it into a test module or a conftest with
 ``from tests.fakewechat import fake_wechat  # noqa: F401``); it yields a running
 :class:`FakeWeChat`. Point the code under test at ``fake.url`` (as ``WXPUSH_WECHAT_API_BASE``
 or ``WeChatAPI(base_url=...)``) and build its account with :meth:`FakeWeChat.account`.
 
-Endpoints (all under ``fake.url``)::
+WeChat's behaviour is not written here: every ``cgi-bin`` endpoint is answered by
+:class:`wxpush.sandbox.wechatapi.Platform`, the core the sandbox runs on Redis, here on a
+:class:`~wxpush.sandbox.state.MemoryStore` whose lifetimes follow ``fake.clock``. Tokens live
+7200 s; normal-mode ``stable_token`` hands out the current one until its last 5 minutes,
+force_refresh a new one (the old one then answers 40001); ``token`` a new one on every call;
+``qrcode/create`` answers ``"url": "http://weixin.qq.com/q/…"``. This module adds what only
+tests need, around the same routes:
 
-    POST /cgi-bin/stable_token     normal mode: the current token while it has > 5 min left
-                                   (WeChat renews it in its last 5 minutes); force_refresh:
-                                   a new one (the old one then answers 40001)
-    GET  /cgi-bin/token            a new token on every call (old ones stay valid here)
-    POST /cgi-bin/qrcode/create    {"ticket","expire_seconds","url":"http://weixin.qq.com/q/…"}
-    GET  /cgi-bin/showqrcode       ?ticket= → a PNG of the QR code's url
-    POST /cgi-bin/menu/create, GET /cgi-bin/menu/get (46003 when none), GET /cgi-bin/menu/delete
-    GET  /cgi-bin/user/info        ?openid=&lang= → a subscribed follower (merged with
-                                   ``fake.users[openid]``)
-    GET  /owner/token              a "token owner" service for WXPUSH_ACCESS_TOKEN_URL:
-                                   {"access_token","expires_in"} (not counted as a fetch)
+- ``GET /owner/token``: a "token owner" service for WXPUSH_ACCESS_TOKEN_URL,
+  ``{"access_token","expires_in"}`` (the stable token; not counted as a fetch).
+- Observe: ``token_fetches`` (stable_token + token requests), ``stable_fetches``,
+  ``plain_fetches``, ``forced_fetches``, ``owner_reads``, ``calls[path]``, ``requests``
+  (every :class:`Seen` request, scripted ones too), :meth:`scene_of`.
+- Script: :meth:`fail` (next N answers of a path, or of all: an errcode, an HTTP status or a
+  raw body), :meth:`invalidate` (every token issued so far answers 40001), ``sticky_stable``
+  (normal-mode stable_token keeps returning an invalidated token, so the client must force a
+  refresh), ``users[openid]`` (fields merged into ``user/info``), ``clock``.
 
-Every API call checks ``access_token`` (missing 41001, unknown or invalidated 40001, expired
-42001); fetches check ``appid``/``secret`` (40013/40125). Tokens live 7200 s on ``fake.clock``.
-
-Observe: ``token_fetches`` (stable_token + token requests), ``stable_fetches``,
-``plain_fetches``, ``forced_fetches``, ``owner_reads``, ``calls[path]``, ``requests`` (every
-:class:`Seen` request), ``qrcodes`` (ticket → :class:`IssuedQR`, see :meth:`scene_of`),
-``menu``. Script: :meth:`fail` (next N answers of a path, or of all: an errcode, an HTTP
-status or a raw body), :meth:`invalidate` (every token issued so far answers 40001), and
-``sticky_stable`` (normal-mode stable_token keeps returning an invalidated token, so the
-client must force a refresh). Handlers run on the server's thread; attributes are plain
-Python values safe to read from tests.
+Handlers run on the server's thread; attributes are plain Python values safe to read from tests.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import secrets
 import threading
 import time
 from collections import Counter
@@ -46,32 +38,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import segno
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from tests.conftest import TIMEOUT, free_port, wait_for
 from wxpush.config.accounts import Account
+from wxpush.sandbox.platform import route, routes
+from wxpush.sandbox.shapes import Answer, App, Call, IssuedQR, parse_record, wechat_error
+from wxpush.sandbox.state import MemoryStore
+from wxpush.sandbox.wechatapi import TICKETS, Platform
 
 APPID = "wxfake0123456789"
 SECRET = "fakesecret0123456789abcdef012345"
-LIFETIME = 7200
-RENEW_WINDOW = 300
-ERRMSG = {
-    40001: "invalid credential, access_token is invalid or not latest",
-    40013: "invalid appid",
-    40125: "invalid appsecret",
-    40164: "invalid ip 127.0.0.1 ipv6 ::ffff:127.0.0.1, not in whitelist",
-    41001: "access_token missing",
-    42001: "access_token expired",
-    45009: "reach max api daily quota limit",
-    46003: "menu no exist",
-    48001: "api unauthorized",
-    -1: "system error",
-}
+OWNER = "/owner/token"
 
 
 @dataclass
@@ -86,15 +66,6 @@ class Seen:
 
 
 @dataclass
-class IssuedQR:
-    ticket: str
-    url: str
-    scene_str: str
-    expire_seconds: int
-    action_name: str
-
-
-@dataclass
 class _Rule:
     path: str
     times: int | None
@@ -105,7 +76,7 @@ class _Rule:
 
 @dataclass
 class FakeWeChat:
-    """The fake's state; the Starlette app is :meth:`app`, served by :meth:`running`."""
+    """The fake's observations and scripts; the Starlette app is :meth:`app`."""
 
     appid: str = APPID
     secret: str = SECRET
@@ -119,19 +90,19 @@ class FakeWeChat:
     owner_reads: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     requests: list[Seen] = field(default_factory=list)
-    qrcodes: dict[str, IssuedQR] = field(default_factory=dict)
-    menu: dict[str, Any] | None = None
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tokens: dict[str, float] = field(default_factory=dict)  # token → expires_at
-    invalid: set[str] = field(default_factory=set)
-    stable_token: str | None = None
     rules: list[_Rule] = field(default_factory=list)
+    store: MemoryStore = field(init=False)
+    _invalidations: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.store = MemoryStore(lambda: self.clock())
 
     # --- for tests ---------------------------------------------------------------------------
 
     @property
     def owner_url(self) -> str:
-        return f"{self.url}/owner/token"
+        return f"{self.url}{OWNER}"
 
     def account(self, **overrides: Any) -> Account:
         """An Account for this fake (``access_token_url=fake.owner_url`` for owner mode)."""
@@ -158,15 +129,28 @@ class FakeWeChat:
         self.rules.clear()
 
     def invalidate(self) -> None:
-        """Every token issued so far now answers 40001 (as after a secret reset)."""
-        self.invalid.update(self.tokens)
+        """Every token issued so far now answers 40001 (as after a secret reset).
+
+        Tests call this from their own thread; the core applies it on the server's, before
+        it answers the next request (which is when "so far" is observed).
+        """
+        self._invalidations += 1
 
     def scene_of(self, ticket_or_url: str) -> str:
         """The ``scene_str`` of a QR code this fake issued, by its ticket or url."""
-        for qr in self.qrcodes.values():
-            if ticket_or_url in (qr.ticket, qr.url):
+        for _, raw in self.store.items(TICKETS):
+            qr = parse_record(IssuedQR, raw)
+            if qr is not None and ticket_or_url in (qr.ticket, qr.url):
                 return qr.scene_str
         raise KeyError(ticket_or_url)
+
+    def platform(self, *, sticky_stable: bool | None = None) -> Platform:
+        """The core as this fake runs it: one app, the memory store, the fake's clock."""
+        sticky = self.sticky_stable if sticky_stable is None else sticky_stable
+        apps = {self.appid: App(self.appid, self.secret)}
+        return Platform(
+            apps, self.store, clock=self.clock, profiles=self.users, sticky_stable=sticky
+        )
 
     @contextmanager
     def running(self) -> Iterator[FakeWeChat]:
@@ -195,193 +179,52 @@ class FakeWeChat:
     # --- the app -----------------------------------------------------------------------------
 
     def app(self) -> Starlette:
-        def route(path: str, handler: Callable[[Request, Any], Any], method: str) -> Route:
-            async def endpoint(request: Request) -> Response:
-                return await self._handle(request, handler)
+        """WeChat's routes (the sandbox's) and the owner's, all through :meth:`_handle`."""
+        return Starlette(routes=[*routes(self._handle), route(OWNER, "GET", self._handle)])
 
-            return Route(path, endpoint, methods=[method])
-
-        return Starlette(
-            routes=[
-                route("/cgi-bin/stable_token", self._stable, "POST"),
-                route("/cgi-bin/token", self._plain, "GET"),
-                route("/cgi-bin/qrcode/create", self._qrcode, "POST"),
-                route("/cgi-bin/showqrcode", self._showqrcode, "GET"),
-                route("/cgi-bin/menu/create", self._menu_create, "POST"),
-                route("/cgi-bin/menu/get", self._menu_get, "GET"),
-                route("/cgi-bin/menu/delete", self._menu_delete, "GET"),
-                route("/cgi-bin/user/info", self._user_info, "GET"),
-                route("/owner/token", self._owner, "GET"),
-            ]
-        )
-
-    async def _handle(self, request: Request, handler: Callable[[Request, Any], Any]) -> Response:
-        path = request.url.path
+    async def _handle(self, request: Request, call: Call) -> Answer:
         raw = await request.body()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        self.calls[path] += 1
-        self.requests.append(Seen(request.method, path, dict(request.query_params), body, raw))
-        self._count(path, body)
-        scripted = self._scripted(path)
+        self.calls[call.path] += 1
+        self.requests.append(Seen(call.method, call.path, dict(call.params), _seen(raw), raw))
+        self._count(call)
+        scripted = self._scripted(call.path)
         if scripted is not None:
             return scripted
-        result = handler(request, body)
-        return result if isinstance(result, Response) else JSONResponse(result)
+        while self._invalidations:
+            self._invalidations -= 1
+            await self.platform().invalidate(self.appid)
+        if call.path == OWNER:
+            return Answer(await self.platform(sticky_stable=False).stable_grant(self.appid))
+        return await self.platform().answer(call)
 
-    def _count(self, path: str, body: Any) -> None:
+    def _count(self, call: Call) -> None:
         """Every request counts, scripted failures too."""
-        if path in ("/cgi-bin/stable_token", "/cgi-bin/token"):
-            self.token_fetches += 1
-        self.stable_fetches += path == "/cgi-bin/stable_token"
-        forced = isinstance(body, dict) and body.get("force_refresh") is True
-        self.forced_fetches += path == "/cgi-bin/stable_token" and forced
-        self.plain_fetches += path == "/cgi-bin/token"
-        self.owner_reads += path == "/owner/token"
+        stable, plain = call.path == "/cgi-bin/stable_token", call.path == "/cgi-bin/token"
+        self.token_fetches += stable or plain
+        self.stable_fetches += stable
+        self.plain_fetches += plain
+        forced = isinstance(call.body, dict) and call.body.get("force_refresh") is True
+        self.forced_fetches += stable and forced
+        self.owner_reads += call.path == OWNER
 
-    def _scripted(self, path: str) -> Response | None:
+    def _scripted(self, path: str) -> Answer | None:
         for rule in self.rules:
             if rule.path in ("*", path) and rule.times != 0:
                 if rule.times is not None:
                     rule.times -= 1
                 if rule.errcode is not None:
-                    return JSONResponse(_error(rule.errcode))
-                return Response(rule.body or "", rule.status, media_type="text/html")
+                    return Answer(wechat_error(rule.errcode))
+                body = (rule.body or "").encode()
+                return Answer(body, rule.status, media_type="text/html")
         return None
 
-    # --- tokens ------------------------------------------------------------------------------
 
-    def _mint(self) -> str:
-        token = secrets.token_urlsafe(48)
-        self.tokens[token] = self.clock() + LIFETIME
-        return token
-
-    def _grant(self, token: str) -> dict[str, Any]:
-        return {"access_token": token, "expires_in": int(self.tokens[token] - self.clock())}
-
-    def _credentials(self, appid: Any, secret: Any) -> dict[str, Any] | None:
-        if appid != self.appid:
-            return _error(40013)
-        return None if secret == self.secret else _error(40125)
-
-    def _stable(self, request: Request, body: Any) -> dict[str, Any]:
-        body = body if isinstance(body, dict) else {}
-        refused = self._credentials(body.get("appid"), body.get("secret"))
-        if refused is not None:
-            return refused
-        force = body.get("force_refresh") is True
-        if force or not self._stable_usable():
-            if self.stable_token is not None:
-                self.invalid.add(self.stable_token)
-            self.stable_token = self._mint()
-        return self._grant(self.stable_token)  # type: ignore[arg-type]
-
-    def _stable_usable(self) -> bool:
-        token = self.stable_token
-        if token is None or (token in self.invalid and not self.sticky_stable):
-            return False
-        return self.tokens[token] - self.clock() > RENEW_WINDOW
-
-    def _plain(self, request: Request, body: Any) -> dict[str, Any]:
-        query = request.query_params
-        if query.get("grant_type") != "client_credential":
-            return _error(40002, "invalid grant_type")
-        refused = self._credentials(query.get("appid"), query.get("secret"))
-        return refused if refused is not None else self._grant(self._mint())
-
-    def _owner(self, request: Request, body: Any) -> dict[str, Any]:
-        if not self._stable_usable() or self.stable_token in self.invalid:
-            self.stable_token = self._mint()
-        return self._grant(self.stable_token)  # type: ignore[arg-type]
-
-    def _checked_token(self, request: Request) -> dict[str, Any] | None:
-        token = request.query_params.get("access_token")
-        if not token:
-            return _error(41001)
-        if token not in self.tokens or token in self.invalid:
-            return _error(40001)
-        return _error(42001) if self.clock() >= self.tokens[token] else None
-
-    # --- the API -----------------------------------------------------------------------------
-
-    def _qrcode(self, request: Request, body: Any) -> dict[str, Any]:
-        refused = self._checked_token(request)
-        if refused is not None:
-            return refused
-        try:
-            action = body["action_name"]
-            scene = body["action_info"]["scene"]
-            scene_str = str(scene.get("scene_str", scene.get("scene_id", "")))
-            expire = min(int(body.get("expire_seconds", 60)), 2592000)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return _error(40097, "invalid args")
-        if action not in ("QR_SCENE", "QR_STR_SCENE", "QR_LIMIT_SCENE", "QR_LIMIT_STR_SCENE"):
-            return _error(40097, "invalid action name")
-        if not 1 <= len(scene_str) <= 64:
-            return _error(40097, "invalid scene")
-        ticket = "gQ" + secrets.token_urlsafe(60)
-        url = f"http://weixin.qq.com/q/{secrets.token_urlsafe(16)}"
-        self.qrcodes[ticket] = IssuedQR(ticket, url, scene_str, expire, action)
-        return {"ticket": ticket, "expire_seconds": expire, "url": url}
-
-    def _showqrcode(self, request: Request, body: Any) -> Response:
-        qr = self.qrcodes.get(request.query_params.get("ticket", ""))
-        if qr is None:
-            return Response(b"", 404)
-        out = io.BytesIO()
-        segno.make(qr.url).save(out, kind="png", scale=4)
-        return Response(out.getvalue(), media_type="image/jpg")
-
-    def _menu_create(self, request: Request, body: Any) -> dict[str, Any]:
-        refused = self._checked_token(request)
-        if refused is not None:
-            return refused
-        if not isinstance(body, dict) or not isinstance(body.get("button"), list):
-            return _error(40016, "invalid button size")
-        self.menu = body
-        return _error(0)
-
-    def _menu_get(self, request: Request, body: Any) -> dict[str, Any]:
-        refused = self._checked_token(request)
-        if refused is not None:
-            return refused
-        return _error(46003) if self.menu is None else {"menu": self.menu}
-
-    def _menu_delete(self, request: Request, body: Any) -> dict[str, Any]:
-        refused = self._checked_token(request)
-        if refused is None:
-            self.menu = None
-        return refused or _error(0)
-
-    def _user_info(self, request: Request, body: Any) -> dict[str, Any]:
-        refused = self._checked_token(request)
-        if refused is not None:
-            return refused
-        openid = request.query_params.get("openid", "")
-        if not openid:
-            return _error(40003, "invalid openid")
-        profile = {
-            "subscribe": 1,
-            "openid": openid,
-            "language": "zh_CN",
-            "subscribe_time": int(self.clock()),
-            "remark": "",
-            "groupid": 0,
-            "tagid_list": [],
-            "subscribe_scene": "ADD_SCENE_QR_CODE",
-            "qr_scene": 0,
-            "qr_scene_str": "",
-        }
-        return {**profile, **self.users.get(openid, {})}
-
-
-def _error(errcode: int, errmsg: str | None = None) -> dict[str, Any]:
-    if errcode == 0:
-        return {"errcode": 0, "errmsg": "ok"}
-    text = errmsg or ERRMSG.get(errcode, "error")
-    return {"errcode": errcode, "errmsg": f"{text} rid: {secrets.token_hex(6)}"}
+def _seen(raw: bytes) -> Any:
+    """The body as :class:`Seen` keeps it: JSON parsed, ``None`` when empty, else text."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 @pytest.fixture

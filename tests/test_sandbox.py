@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -142,6 +143,8 @@ def test_wechat_api_shapes(client: httpx.Client) -> None:
         ("POST", "stable_token", {"content": b"{"}, 47001),
         ("POST", "stable_token", {"json": {"appid": "wxother", "secret": SECRET}}, 40013),
         ("POST", "stable_token", {"json": {"appid": APPID, "secret": "wrong"}}, 40125),
+        ("POST", "stable_token", {"json": {"appid": APPID, "secret": "密码"}}, 40125),
+        ("POST", "stable_token", {"json": [APPID, SECRET]}, 47001),
         ("GET", "token", {"params": {"appid": APPID, "secret": SECRET}}, 40002),
         ("POST", "qrcode/create", {"json": {}}, 41001),
         ("POST", "qrcode/create", {"params": {"access_token": "nope"}, "json": {}}, 40001),
@@ -161,10 +164,12 @@ def test_bad_qrcode_arguments(client: httpx.Client) -> None:
     token = client.post(
         "/sandbox/cgi-bin/stable_token", json={"appid": APPID, "secret": SECRET}
     ).json()["access_token"]
-    bad = client.post(
-        "/sandbox/cgi-bin/qrcode/create", params={"access_token": token}, content=b"{"
-    )
-    assert bad.json()["errcode"] == 40097
+    scene = {"scene": {"scene_str": "login:x"}}
+    for body in [b"{", b"{}", json.dumps({"action_info": scene}).encode()]:
+        bad = client.post(
+            "/sandbox/cgi-bin/qrcode/create", params={"access_token": token}, content=body
+        )
+        assert (bad.status_code, bad.json()["errcode"]) == (200, 40097), body
 
 
 @pytest.mark.parametrize(

@@ -1,23 +1,24 @@
-"""Build callbacks exactly as WeChat sends them: signed query strings, plain or encrypted XML."""
+"""Build callbacks exactly as WeChat sends them: signed query strings, plain or encrypted XML.
+
+The builders are the sandbox's (:mod:`wxpush.sandbox.wire`), the one place that knows what
+WeChat sends; this module gives them the tests' account (:data:`APPID`, :data:`TOKEN`,
+:data:`ACCOUNT_ID`) and person (:data:`OPENID`) as defaults.
+"""
 
 from __future__ import annotations
 
 import base64
 import os
-import secrets
-import time
-from typing import Literal
 
-from wxpush.wechat import replies
+from wxpush.sandbox import wire
+from wxpush.sandbox.wire import Mode
 from wxpush.wechat.crypto import MessageCrypto
-from wxpush.wechat.signature import sign
-
-Mode = Literal["plain", "compat", "safe"]
 
 APPID = "wx0123456789abcdef"
 TOKEN = "wxpushtesttoken"
 OPENID = "oTestOpenid0000000000000001"
 ACCOUNT_ID = "gh_0123456789ab"
+TICKET = "gQH47joAAAAAAAAAASxodHRwOi8vd2VpeGluLnFxLmNvbS9xL2taZ2Z3TVRtNzJXV1Brb3ZhYmJJAAIE"
 
 
 def new_aes_key() -> str:
@@ -30,31 +31,18 @@ def event_xml(
     *,
     openid: str = OPENID,
     create_time: int | None = None,
-    ticket: str
-    | None = "gQH47joAAAAAAAAAASxodHRwOi8vd2VpeGluLnFxLmNvbS9xL2taZ2Z3TVRtNzJXV1Brb3ZhYmJJAAIE",
+    ticket: str | None = TICKET,
 ) -> bytes:
-    created = int(time.time()) if create_time is None else create_time
-    parts = [
-        f"<ToUserName><![CDATA[{ACCOUNT_ID}]]></ToUserName>",
-        f"<FromUserName><![CDATA[{openid}]]></FromUserName>",
-        f"<CreateTime>{created}</CreateTime>",
-        "<MsgType><![CDATA[event]]></MsgType>",
-        f"<Event><![CDATA[{event}]]></Event>",
-    ]
-    if event_key is not None:
-        parts.append(f"<EventKey><![CDATA[{event_key}]]></EventKey>")
-        if ticket and event in {"subscribe", "SCAN"}:
-            parts.append(f"<Ticket><![CDATA[{ticket}]]></Ticket>")
-    return ("<xml>" + "".join(parts) + "</xml>").encode()
+    """An event to the tests' account; a QR scan (``subscribe``/``SCAN`` with a key) carries
+    ``ticket``."""
+    return wire.event_xml(
+        event, event_key, to_user=ACCOUNT_ID, openid=openid, ticket=ticket,
+        create_time=create_time,
+    )  # fmt: skip
 
 
 def text_xml(content: str, *, openid: str = OPENID, msg_id: int = 1234567890123456) -> bytes:
-    return (
-        f"<xml><ToUserName><![CDATA[{ACCOUNT_ID}]]></ToUserName>"
-        f"<FromUserName><![CDATA[{openid}]]></FromUserName>"
-        f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-        f"<Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>"
-    ).encode()
+    return wire.text_xml(content, to_user=ACCOUNT_ID, openid=openid, msg_id=msg_id)
 
 
 def signed(
@@ -67,22 +55,7 @@ def signed(
     openid: str = OPENID,
 ) -> tuple[dict[str, str], bytes]:
     """Return ``(query params, body)`` of a POST callback carrying ``xml``."""
-    ts = timestamp or str(int(time.time()))
-    nonce = str(secrets.randbelow(10**9))
-    params = {
-        "signature": sign(token, ts, nonce),
-        "timestamp": ts,
-        "nonce": nonce,
-        "openid": openid,
-    }
-    if mode == "plain":
-        return params, xml
-    assert crypto is not None
-    body, msg_signature = replies.encrypted_request(
-        xml, crypto, token, to_user=ACCOUNT_ID, timestamp=ts, nonce=nonce
-    )
-    if mode == "compat":  # plaintext fields beside Encrypt, as compatible mode sends
-        encrypt = body[body.index(b"<Encrypt>") : body.index(b"</xml>")]
-        body = xml.replace(b"</xml>", encrypt + b"</xml>")
-    params.update({"encrypt_type": "aes", "msg_signature": msg_signature})
-    return params, body
+    return wire.callback_request(
+        xml, token=token, openid=openid, to_user=ACCOUNT_ID, mode=mode, crypto=crypto,
+        timestamp=timestamp,
+    )  # fmt: skip

@@ -1,8 +1,10 @@
 """The sandbox: a stand-in WeChat platform, mounted at ``/sandbox`` only when enabled.
 
 ``WXPUSH_SANDBOX=1`` (always on in ``wxpush demo``) adds the WeChat API endpoints the server
-uses (:mod:`wxpush.sandbox.platform`) and a phone page that plays the person scanning the QR
-code (:mod:`wxpush.sandbox.phone`). Point ``WXPUSH_WECHAT_API_BASE`` at ``{server}/sandbox``
+uses (:mod:`wxpush.sandbox.wechatapi`, the same core the test fake runs, served by
+:mod:`wxpush.sandbox.platform`) and a phone page that plays the person scanning the QR code
+(:mod:`wxpush.sandbox.phone`, which sends the callback as WeChat would, built by
+:mod:`wxpush.sandbox.wire`). Point ``WXPUSH_WECHAT_API_BASE`` at ``{server}/sandbox``
 and the server logs people in without a WeChat account.
 
 The sandbox keeps its state (access tokens, tickets → ``scene_str``, menus) in the server's
@@ -15,23 +17,20 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from wxpush.sandbox import phone, platform
-
 PREFIX = "/sandbox"
 
 
 def mount() -> Mount:
     """The ``/sandbox`` mount. A plain :class:`Mount` of routes, not a sub-app, so requests
-    keep the main app's lifespan state and exception handlers."""
+    keep the main app's lifespan state and exception handlers.
+
+    The phone (and the SMS and people modules it reaches) is imported here, not with the
+    package, so the test fake and ``tests/wire.py`` load only the core and the wire builder.
+    """
+    from wxpush.sandbox import phone, platform
+
     routes: list[BaseRoute] = [
-        Route("/cgi-bin/token", platform.token, methods=["GET"]),
-        Route("/cgi-bin/stable_token", platform.stable_token, methods=["POST"]),
-        Route("/cgi-bin/qrcode/create", platform.qrcode_create, methods=["POST"]),
-        Route("/cgi-bin/showqrcode", platform.showqrcode, methods=["GET"]),
-        Route("/cgi-bin/menu/create", platform.menu_create, methods=["POST"]),
-        Route("/cgi-bin/menu/get", platform.menu_get, methods=["GET"]),
-        Route("/cgi-bin/menu/delete", platform.menu_delete, methods=["GET"]),
-        Route("/cgi-bin/user/info", platform.user_info, methods=["GET"]),
+        *platform.sandbox_routes(),
         Route("/phone", phone.page, methods=["GET"]),
         Route("/phone/scan", phone.scan, methods=["POST"]),
         Route("/phone/sms", phone.sms, methods=["GET"]),

@@ -12,33 +12,30 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
-import time
 from urllib.parse import quote
 
 import httpx
-from lxml import etree
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from wxpush.config.accounts import Account
+from wxpush.sandbox import wire
 from wxpush.sandbox.page import PHONE_PAGE
-from wxpush.sandbox.platform import account_by_appid, ticket_record
+from wxpush.sandbox.platform import sandbox_platform
+from wxpush.sandbox.shapes import IssuedQR
 from wxpush.sms.phone import normalize_phone
 from wxpush.sms.providers import ConsoleProvider
 from wxpush.web.errors import error_response
-from wxpush.wechat import replies
 from wxpush.wechat.crypto import MessageCrypto
 from wxpush.wechat.messages import parse_fields
-from wxpush.wechat.signature import sign
 
 OPENID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ACCOUNT_ID = "gh_sandbox0000"  # the service account's own id (ToUserName)
 
 
 async def page(request: Request) -> Response:
-    if await ticket_record(request, request.query_params.get("ticket", "")) is None:
+    if await _issued(request, request.query_params.get("ticket", "")) is None:
         return _unknown_ticket()
     return HTMLResponse(PHONE_PAGE, headers={"Cache-Control": "no-store"})
 
@@ -55,16 +52,17 @@ async def scan(request: Request) -> Response:
         return error_response(400, "bad_request", "Give a ticket (text) and follow (true/false).")
     if not isinstance(openid, str) or not OPENID.match(openid):
         return error_response(400, "bad_request", "openid must be 1-64 letters, digits, - or _.")
-    record = await ticket_record(request, ticket)
-    if record is None:
+    qr = await _issued(request, ticket)
+    if qr is None:
         return _unknown_ticket()
-    account = account_by_appid(request, record["appid"])
+    accounts = request.state.settings.accounts.values()
+    account: Account | None = next((a for a in accounts if a.appid == qr.appid), None)
     if account is None:
         return error_response(409, "unknown_account", "The ticket's account is not configured.")
-    scene_str = str(record["scene_str"])
     event = "subscribe" if follow else "SCAN"
-    key = f"qrscene_{scene_str}" if follow else scene_str
-    params, content = _wire(account, event_xml(event, key, openid=openid, ticket=ticket))
+    key = f"qrscene_{qr.scene_str}" if follow else qr.scene_str
+    xml = wire.event_xml(event, key, to_user=ACCOUNT_ID, openid=openid, ticket=ticket)
+    params, content = _signed(account, xml, openid)
     answer = await _deliver(request, account.name, params, content)
     if answer.status_code != 200:
         return error_response(
@@ -85,32 +83,17 @@ def _unknown_ticket() -> Response:
     return error_response(404, "unknown_ticket", "No QR code has this ticket (or it expired).")
 
 
-def event_xml(event: str, event_key: str, *, openid: str, ticket: str) -> bytes:
-    """The event's XML, built with lxml (every value escaped) in WeChat's field order."""
-    root = etree.Element("xml")
-    fields: list[tuple[str, str | int]] = [
-        ("ToUserName", ACCOUNT_ID), ("FromUserName", openid), ("CreateTime", int(time.time())),
-        ("MsgType", "event"), ("Event", event), ("EventKey", event_key), ("Ticket", ticket),
-    ]  # fmt: skip
-    for name, value in fields:
-        child = etree.SubElement(root, name)
-        child.text = etree.CDATA(value) if isinstance(value, str) else str(value)
-    return bytes(etree.tostring(root))
+async def _issued(request: Request, ticket: str) -> IssuedQR | None:
+    return await sandbox_platform(request).ticket(ticket)
 
 
-def _wire(account: Account, xml: bytes) -> tuple[dict[str, str], bytes]:
-    """Query string and body of the callback POST, as WeChat signs (and encrypts) them."""
-    timestamp, nonce = str(int(time.time())), str(secrets.randbelow(10**9))
-    params = {"signature": sign(account.token, timestamp, nonce), "timestamp": timestamp,
-              "nonce": nonce, "openid": parse_fields(xml)["FromUserName"]}  # fmt: skip
-    if account.aes_key is None:
-        return params, xml
-    crypto = MessageCrypto(account.appid, account.aes_key)
-    body, msg_signature = replies.encrypted_request(
-        xml, crypto, account.token, to_user=ACCOUNT_ID, timestamp=timestamp, nonce=nonce
-    )
-    params.update({"encrypt_type": "aes", "msg_signature": msg_signature})
-    return params, body
+def _signed(account: Account, xml: bytes, openid: str) -> tuple[dict[str, str], bytes]:
+    """The callback POST as WeChat signs it, encrypted when the account has an AES key."""
+    crypto = None if account.aes_key is None else MessageCrypto(account.appid, account.aes_key)
+    return wire.callback_request(
+        xml, token=account.token, openid=openid, to_user=ACCOUNT_ID,
+        mode="plain" if crypto is None else "safe", crypto=crypto,
+    )  # fmt: skip
 
 
 async def _deliver(
