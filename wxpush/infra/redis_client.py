@@ -19,25 +19,28 @@ from wxpush.infra.pipeline import HotCommands, PipelinedConnection, hot_commands
 
 logger = logging.getLogger(__name__)
 
-# Fail fast: a request must get a 503 within a second when Redis is away or hung (a stopped
-# process, a stalled host: connects and writes succeed, no reply ever comes), never hang.
-# Every command of ours is O(1) or a short script that Redis answers in well under a
+# Fail fast: a request must get a 503 within about a second when Redis is away or hung (a
+# stopped process, a stalled host: connects and writes succeed, no reply ever comes), never
+# hang. Every command of ours is O(1) or a short script that Redis answers in well under a
 # millisecond, so a reply that takes SOCKET_TIMEOUT s means the server is stuck. A timed-out
-# command is never sent again (see open_redis), so the longest wait of one call is a queue for
-# a pooled connection (POOL_WAIT) plus one command: about a second.
-SOCKET_TIMEOUT = 0.5
+# command is never sent again (see open_redis).
+#
+# Not tighter than a second: a busy process (thousands of sockets opening, a burst of scene
+# creations) lags its own event loop by hundreds of milliseconds, and at 0.5 s bench/push.py
+# saw healthy commands time out (and a timed-out reply on the pipelined connection fails every
+# command in flight on it): 503s from a server whose Redis was fine.
+SOCKET_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 0.5
 # A server process holds MAX_CONNECTIONS (WXPUSH_REDIS_CONNECTIONS) in all: the hub's pub/sub,
 # the hot path's pipelined connection (wxpush.infra.pipeline), and the rest in redis-py's
-# pool. The pool does
-# not multiplex, so its callers queue for a connection (for at most POOL_WAIT s; a refused or
-# dead server still fails fast at connect) instead of each opening one of their own: a
-# process with 10,000 waiting browsers still holds 3 connections. A queue that does not move
-# for POOL_WAIT s means the connections ahead are stuck on a hung server (a healthy one serves
-# thousands of commands in that time): a 503 then, not a longer wait.
+# pool. The pool does not multiplex, so its callers queue for a connection (for at most
+# POOL_WAIT s; a refused or dead server still fails fast at connect) instead of each opening
+# one of their own: a process with 10,000 waiting browsers still holds 3 connections. A healthy
+# Redis serves thousands of commands in POOL_WAIT: a queue that long means the connections
+# ahead are stuck on a hung server, and the caller gets a 503 rather than a longer wait.
 MAX_CONNECTIONS = 3
 MIN_CONNECTIONS = 3  # pub/sub, pipelined connection, and one pooled for everything else
-POOL_WAIT = 0.5
+POOL_WAIT = 1.0
 
 
 def open_redis(url: str | None, *, connections: int = MAX_CONNECTIONS) -> Redis:
