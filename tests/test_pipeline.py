@@ -174,3 +174,21 @@ async def test_tls_and_the_embedded_store_keep_to_redis_py() -> None:
         assert await hot.get("k") == b"v"
     finally:
         await client.aclose()
+
+
+async def test_a_reply_that_came_while_the_loop_lagged_is_not_a_timeout(redis_url: str) -> None:
+    """A busy process's loop can run a command's timeout after its reply has arrived (both
+    due in the same turn): that is an answer, not a hung Redis."""
+    client = open_redis(redis_url)
+    pipelined = PipelinedConnection(client, timeout=0.05, connect_timeout=1)
+    try:
+        await pipelined.set("k", "v")
+        answer = asyncio.ensure_future(pipelined.get("k"))
+        await asyncio.sleep(0)  # the command is written on the next turn
+        await asyncio.sleep(0)
+        time.sleep(0.2)  # the loop is blocked: the reply arrives, the timeout falls due
+        assert await answer == b"v"
+        assert await pipelined.get("k") == b"v"  # the connection was kept
+    finally:
+        await pipelined.aclose()
+        await client.aclose()

@@ -100,6 +100,10 @@ class PipelinedConnection:
             async with asyncio.timeout(self._timeout):
                 return await reply
         except TimeoutError as exc:
+            if reply.done() and not reply.cancelled():
+                # The reply came in time but the event loop ran the timeout first: a loop
+                # that lagged past the timeout (a busy process) sees both due at once.
+                return reply.result()
             conn.fail(RedisTimeoutError("Redis did not answer in time"))
             raise RedisTimeoutError("Redis did not answer in time") from exc
 
