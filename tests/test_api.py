@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from tests import fakewechat
 from tests.conftest import TIMEOUT, free_port
 from tests.fakewechat import FakeWeChat
+from tests.util import PROMPTLY
 from wxpush.clients.wechat import QRCode, WeChatAPI
 from wxpush.config.accounts import Account
 from wxpush.errors import BadGateway, Unavailable, WeChatAPIError
@@ -294,21 +295,40 @@ async def test_wechat_unreachable_is_bad_gateway(http: httpx.AsyncClient, redis:
     account = Account(name="default", appid="wxclosed", secret="s", token="faketoken")
     api = WeChatAPI(account, http=http, redis=redis, base_url=f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
-    with pytest.raises(BadGateway, match="WeChat cannot be reached"):
+    with pytest.raises(BadGateway, match="WeChat cannot be reached") as caught:
         await api.create_qrcode("login:1", 60)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < PROMPTLY
+    assert (type(caught.value), caught.value.code) == (BadGateway, "bad_gateway")
 
 
 async def test_redis_down_is_unavailable(fake_wechat: FakeWeChat, http: httpx.AsyncClient):
     down = open_redis(f"redis://127.0.0.1:{free_port()}/0")
     try:
         started = time.monotonic()
-        with pytest.raises(Unavailable):
+        with pytest.raises(Unavailable) as caught:
             await make_api(fake_wechat, http, down).create_qrcode("login:1", 60)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < PROMPTLY
     finally:
         await down.aclose()
+    assert (type(caught.value), caught.value.status) == (Unavailable, 503)
     assert fake_wechat.token_fetches == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the access_token cache raises Unavailable without a code: 'unavailable', where "
+    "every other path says 'redis_unavailable' for the same outage",
+)
+async def test_redis_down_is_the_same_error_as_everywhere(
+    fake_wechat: FakeWeChat, http: httpx.AsyncClient
+) -> None:
+    down = open_redis(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await make_api(fake_wechat, http, down).create_qrcode("login:1", 60)
+    finally:
+        await down.aclose()
+    assert caught.value.code == "redis_unavailable"
 
 
 # --- menu and users ---------------------------------------------------------------------------
@@ -345,8 +365,9 @@ async def test_token_and_secret_never_logged(
     fake_wechat.invalidate()
     await api.create_qrcode("login:1", 60)
     fake_wechat.fail(errcode=40164)
-    with pytest.raises(WeChatAPIError):
+    with pytest.raises(WeChatAPIError) as caught:
         await api.menu_get()
+    assert caught.value.errcode == 40164
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("wxpush"))
     assert "errcode 40001" in ours
     for secret in (token, await api.access_token(), fake_wechat.secret):
@@ -375,18 +396,20 @@ async def test_a_process_holds_at_most_the_configured_redis_connections(
     included; busy callers of the pool wait their turn, the pipelined connection's never wait."""
     client, hot = open_connections(redis_url, connections=connections)
     watcher = open_redis(redis_url)
+    pool = client.connection_pool
     try:
-        # Twice as many blocking commands as pooled connections: all finish, in two waves,
-        # while the pipelined connection's commands go through beside them.
+        # Every pooled connection taken: the pipelined connection still serves its commands.
         pooled = connections - 1
-        blocking = asyncio.gather(*(client.blpop(["wxpush:test:empty"], timeout=0.2)
-                                    for _ in range(2 * pooled)))  # fmt: skip
-        started = time.monotonic()
-        assert (
-            await asyncio.gather(*(hot.get("wxpush:test:none") for _ in range(50))) == [None] * 50
-        )
-        assert time.monotonic() - started < 0.2
-        await blocking
+        taken = [await pool.get_connection() for _ in range(pooled)]
+        try:
+            lane = asyncio.gather(*(hot.get("wxpush:test:none") for _ in range(50)))
+            assert await lane == [None] * 50
+        finally:
+            for connection in taken:
+                await pool.release(connection)
+        # Twice as many blocking commands as pooled connections: all finish, in two waves.
+        blocking = [client.blpop(["wxpush:test:empty"], timeout=0.2) for _ in range(2 * pooled)]
+        assert await asyncio.gather(*blocking) == [None] * (2 * pooled)
         rows = await watcher.client_list()
         mine = [r for r in rows if r.get("name") == f"wxpush-{os.getpid()}"]
         held = len(mine) - 1  # the watcher's own connection has the same name

@@ -20,11 +20,12 @@ from starlette.routing import Route
 from tests import wire
 from tests.conftest import RedisServer
 from tests.server import keepalive_closer, serve
-from tests.util import TIMEOUT
+from tests.util import PROMPTLY, TIMEOUT
 from wxpush.app import create_app
 from wxpush.callback.scan import Scan
 from wxpush.config.settings import Settings
 from wxpush.wechat.crypto import MessageCrypto
+from wxpush.wechat.errors import CiphertextError
 from wxpush.wechat.messages import TextMessage, parse_fields, parse_message
 from wxpush.wechat.signature import sign, verify
 
@@ -195,8 +196,9 @@ def test_previous_aes_key_is_accepted_and_replies_use_the_current_one(
     answer = server.post(params, body)
     assert answer.status_code == 200, answer.text
     assert open_encrypted_reply(answer, AES_KEY).content == "Finish on the screen"
-    with pytest.raises(Exception):  # noqa: B017 - the old key must not open the reply
+    with pytest.raises(CiphertextError) as caught:  # the old key does not open the reply
         open_encrypted_reply(answer, OLD_AES_KEY)
+    assert type(caught.value) is CiphertextError
 
 
 def test_non_login_events_without_forward_url_answer_success(server: Server) -> None:
@@ -287,7 +289,7 @@ def test_bad_input_gets_its_status_and_changes_nothing(server: Server) -> None:
         started = time.monotonic()
         answer = server.post(params, body)
         assert_error(answer, status, code)
-        assert time.monotonic() - started < 1, name
+        assert time.monotonic() - started < PROMPTLY, name
         assert "root:" not in answer.text, name
     assert server.scans.seen == []
     assert server.redis.keys("wxpush:dedup:*") == []
@@ -417,7 +419,7 @@ def test_a_hanging_receiver_still_leaves_the_callback_answered_within_5_s(
     answer = server.post(*wire.signed(wire.text_xml("hello")))
     elapsed = time.monotonic() - started
     assert (answer.status_code, answer.text) == (200, "success")
-    assert elapsed < 5
+    assert elapsed < 5  # WeChat's own deadline, so not scaled
     assert len(receiver.seen) == 1
 
 
@@ -456,7 +458,7 @@ def test_redis_down_gives_503_fast_and_the_server_recovers(
         started = time.monotonic()
         answer = server.post(*wire.signed(wire.event_xml("SCAN", "login:down")))
         assert_error(answer, 503, "redis_unavailable")
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < PROMPTLY
         assert_error(server.client.get("/readyz"), 503, "redis_unavailable")
     finally:
         redis_server.start()

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from tests import fakewechat, wire
 from tests.conftest import RedisServer
 from tests.server import serve
-from tests.util import TIMEOUT, wait_for
+from tests.util import PROMPTLY, TIMEOUT, wait_for
 from wxpush.app import create_app
 from wxpush.config.settings import Settings
 from wxpush.infra.sql import open_engine
@@ -494,7 +494,7 @@ def test_redis_down_gives_503_within_1_s_and_recovers(
                      lambda: site.client.get(f"/api/v1/scenes/{created['scene']}")):  # fmt: skip
             started = time.monotonic()
             assert_error(call(), 503, "redis_unavailable")
-            assert time.monotonic() - started < 1
+            assert time.monotonic() - started < PROMPTLY
     finally:
         redis_server.start()
     assert site.new_scene()["status"] == "LOOP"
@@ -511,10 +511,9 @@ def test_two_binds_of_one_scene_at_once_make_one_user(site: Site, database_url: 
             body = {"phone": PHONE, "code": code}
             return list(await asyncio.gather(c.post(url, json=body), c.post(url, json=body)))
 
-    answers = asyncio.run(both())
-    assert sorted(a.status_code for a in answers)[0] == 200
-    assert sum(a.status_code == 200 for a in answers) == 1
-    assert all(a.status_code < 500 for a in answers)
+    answers = sorted(asyncio.run(both()), key=lambda a: a.status_code)
+    assert [a.status_code for a in answers] == [200, 409]
+    assert_error(answers[1], 409, "scene_state")
     assert count_rows(database_url, "users") == 1
 
 
@@ -540,14 +539,16 @@ def test_database_down_gives_503_within_1_s_and_recovers(
             started = time.monotonic()
             answer = client.get("/readyz")
             assert_error(answer, 503, "database_unavailable")
+            assert time.monotonic() - started < PROMPTLY
             # a scan of a new person needs the database: WeChat gets a clear 503, and retries
             scene_str = fake_wechat.scene_of(created["qr_url"])
             crypto = MessageCrypto(fake_wechat.appid, AES_KEY)
             xml = wire.event_xml("SCAN", scene_str, openid=NEW_OPENID)
             params, body = wire.signed(xml, mode="safe", crypto=crypto)
+            started = time.monotonic()
             answer = client.post("/wechat/default/callback", params=params, content=body)
             assert_error(answer, 503, "database_unavailable")
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < PROMPTLY
         finally:
             postgres_server.start()
         assert wait_for(lambda: client.get("/readyz").status_code == 200)

@@ -433,8 +433,9 @@ async def test_a_claim_is_given_back_once_redis_is_back(
     real = flow.tokens.issue
     monkeypatch.setattr(flow.tokens, "issue", issue_as_redis_goes)
     try:
-        with pytest.raises(RedisError):
+        with pytest.raises(RedisConnectionError, match="Redis connection lost") as caught:
             await flow.state(scene)
+        assert type(caught.value) is RedisConnectionError
         monkeypatch.setattr(flow.tokens, "issue", real)
         await asyncio.to_thread(redis_server.start)  # with the claimed scene on disk
     finally:

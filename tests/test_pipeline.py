@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.conftest import RedisServer
-from tests.util import TIMEOUT, free_port
+from tests.util import PROMPTLY, TIMEOUT, free_port
 from wxpush.infra.pipeline import PipelinedConnection
 from wxpush.infra.redis_client import open_connections, open_redis
 
@@ -94,7 +94,7 @@ async def test_an_error_reply_is_raised_and_the_lane_goes_on(
         pipelined.set("x", "1"), failing(), pipelined.get("x"), return_exceptions=True
     )
     assert results[0] == b"OK"
-    assert isinstance(results[1], ResponseError)
+    assert type(results[1]) is ResponseError
     assert "no such thing" in str(results[1])
     assert results[2] == b"1"
 
@@ -109,9 +109,10 @@ async def test_redis_away_fails_fast_and_the_lane_reconnects_by_itself(
         own_redis.stop()
         started = time.monotonic()
         for _ in range(3):
-            with pytest.raises(RedisConnectionError):
+            with pytest.raises(RedisConnectionError) as caught:
                 await pipelined.get("before")
-        assert time.monotonic() - started < 1
+            assert type(caught.value) is RedisConnectionError
+        assert time.monotonic() - started < PROMPTLY
         own_redis.start()
         assert await pipelined.set("after", "2") == b"OK"
         assert own_redis.client().get("after") == b"2"

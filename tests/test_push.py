@@ -8,20 +8,22 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
 from tests import fakewechat, wire
 from tests.conftest import RedisServer
 from tests.procs import ServerProcess
-from tests.util import TIMEOUT, wait_for
+from tests.util import PROMPTLY, TIMEOUT, wait_for
+from wxpush.login.messages import channel
 from wxpush.wechat.crypto import MessageCrypto
 
 fake_wechat = fakewechat.fake_wechat
@@ -44,8 +46,8 @@ class Cluster:
     async def scan(
         self, server: ServerProcess, client: httpx.AsyncClient, scene: dict[str, Any],
         openid: str = NEW,
-    ) -> float:  # fmt: skip
-        """Fire WeChat's SCAN callback at ``server``; returns when its answer arrived."""
+    ) -> None:  # fmt: skip
+        """Fire WeChat's SCAN callback at ``server``; returns once its answer has arrived."""
         xml = wire.event_xml("SCAN", self.fake.scene_of(scene["qr_url"]), openid=openid)
         crypto = MessageCrypto(self.fake.appid, AES_KEY)
         params, body = wire.signed(xml, mode="safe", crypto=crypto, openid=openid)
@@ -53,7 +55,6 @@ class Cluster:
             server.url + "/wechat/default/callback", params=params, content=body
         )
         assert answer.status_code == 200, answer.text
-        return time.monotonic()
 
 
 @pytest.fixture
@@ -92,12 +93,45 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+async def published_before(redis_url: str, scene_id: str, act: Awaitable[None]) -> list[str]:
+    """The statuses the scene published before ``act`` (a request) had its answer.
+
+    A subscriber of the scene's channel listens while ``act`` runs; once ``act`` has its
+    answer the subscriber PINGs. Redis handles commands one at a time and answers each
+    connection in order, so whatever was published before the answer reaches the subscriber
+    before the pong, and nothing published after it does.
+    """
+    client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=TIMEOUT)
+    try:
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(channel(scene_id))
+            assert (await pubsub.get_message(timeout=TIMEOUT) or {}).get("type") == "subscribe"
+            await act
+            await pubsub.ping()
+            heard: list[str] = []
+            while (message := await pubsub.get_message(timeout=TIMEOUT)) is not None:
+                if message["type"] == "pong":
+                    return heard
+                heard.append(message["data"].decode().partition(" ")[0])
+            raise AssertionError(f"no pong; heard {heard}")
+    finally:
+        await client.aclose()
+
+
+def gauge(metrics: str, series: str) -> float:
+    """The value of one series of the /metrics text; 0 for a labelled series never set."""
+    match = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.M)
+    return float(match[1]) if match else 0.0
+
+
 # -- across processes -----------------------------------------------------------------------
 
 
-def test_a_scan_on_process_a_reaches_a_socket_on_process_b_at_once(
+def test_a_scan_on_process_a_reaches_a_socket_on_process_b(
     cluster: Cluster, redis_server: RedisServer
 ) -> None:
+    """The change is published before the callback answers (how long the frame then takes
+    is measured by bench/push.py, not asserted)."""
     a, b = cluster.start_server(), cluster.start_server()
 
     async def go() -> None:
@@ -106,12 +140,9 @@ def test_a_scan_on_process_a_reaches_a_socket_on_process_b_at_once(
             async with connect(f"{b.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
                 first = await frame(ws)
                 assert (first["status"], first["code"]) == ("LOOP", 2)
-                answered = await cluster.scan(a, client, scene)
-                pushed = await frame(ws)
-                arrived = time.monotonic()
-                assert pushed == {"status": "NOT_REG", "code": 4}
-                # published before the callback answers: here by the time its answer is read
-                assert arrived - answered < 0.1
+                scan = cluster.scan(a, client, scene)
+                assert await published_before(redis_server.url, scene["scene"], scan) == ["NOT_REG"]
+                assert await frame(ws) == {"status": "NOT_REG", "code": 4}
 
                 sms = f"{a.url}/api/v1/scenes/{scene['scene']}/sms"
                 assert (await client.post(sms, json={"phone": "13800138000"})).status_code == 202
@@ -181,12 +212,11 @@ def test_a_thousand_sockets_share_one_pubsub_connection(
             await asyncio.gather(*(cluster.scan(server, client, scenes[i]) for i in chosen))
             for i in chosen:
                 assert (await frame(sockets[i]))["status"] == "NOT_REG"
-            others = [ws for i, ws in enumerate(sockets) if i not in chosen]
-            listening = [asyncio.ensure_future(ws.recv()) for ws in others[:100]]
-            done, _ = await asyncio.wait(listening, timeout=0.5)
-            assert not done  # nobody else hears a thing
-            for task in listening:
-                task.cancel()
+            # Nobody else heard a thing: the next frame of each other socket is its own scan's.
+            others = [i for i in range(1000) if i not in chosen][::9]
+            await asyncio.gather(*(cluster.scan(server, client, scenes[i]) for i in others))
+            for i in others:
+                assert await frame(sockets[i]) == {"status": "NOT_REG", "code": 4}
             await asyncio.gather(*(ws.close() for ws in sockets))
 
     run(go())
@@ -211,8 +241,7 @@ def test_sockets_survive_a_redis_restart(cluster: Cluster, redis_server: RedisSe
 
             await asyncio.to_thread(wait_for, resubscribed, TIMEOUT * 2)
             for scene in scenes:
-                answer = await wait_async(lambda s=scene: cluster.scan(server, client, s))
-                assert answer
+                await wait_async(lambda s=scene: cluster.scan(server, client, s))
             states = [(await frame(ws, TIMEOUT * 2))["status"] for ws in sockets]
             assert states == ["NOT_REG"] * 100
             metrics = (await client.get(server.url + "/metrics")).text
@@ -236,6 +265,8 @@ async def wait_async(action: Callable[[], Any], timeout: float = TIMEOUT) -> Any
 
 
 def test_a_client_that_never_reads_does_not_delay_the_others(cluster: Cluster) -> None:
+    """The other socket hears its change while the stuck one has read nothing. (Two frames fit
+    in any socket buffer; a waiter whose queue overflows is pinned down in test_hub_unit.)"""
     server = cluster.start_server()
 
     async def go() -> None:
@@ -253,9 +284,8 @@ def test_a_client_that_never_reads_does_not_delay_the_others(cluster: Cluster) -
             async with connect(f"{server.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
                 await frame(ws)
                 await cluster.scan(server, client, stuck_scene)
-                answered = await cluster.scan(server, client, scene)
-                assert (await frame(ws))["status"] == "NOT_REG"
-                assert time.monotonic() - answered < 0.1
+                await cluster.scan(server, client, scene)
+                assert await frame(ws) == {"status": "NOT_REG", "code": 4}
             raw.close()
 
     run(go())
@@ -302,14 +332,13 @@ def test_every_socket_is_pinged_each_interval_and_a_silent_one_is_closed(
     answering, silent = (_raw_socket(server, s["scene"]) for s in run(go()))
     for raw in (answering, silent):
         assert _read_frame(raw)[0] == 0x1  # the first state, as text
-    started = time.monotonic()
-    pings = 0
-    while time.monotonic() - started < 3.5:  # the answering client: pinged about once a second
+    previous = time.monotonic()
+    for _ in range(3):  # the answering client: pinged each interval (1 s), and it answers
         opcode, payload = _read_frame(answering)
         assert opcode == PING
-        pings += 1
+        assert time.monotonic() - previous < 1 + PROMPTLY
+        previous = time.monotonic()
         answering.sendall(bytes([0x80 | PONG, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
-    assert 3 <= pings <= 4
     # The silent client never answered: after one unanswered interval, 1011 and the end.
     (first, _), (last, reason) = _read_frame(silent), _read_frame(silent)
     assert (first, last) == (PING, CLOSE)
@@ -323,8 +352,15 @@ def test_every_socket_is_pinged_each_interval_and_a_silent_one_is_closed(
 # -- long-poll ------------------------------------------------------------------------------
 
 
-def test_long_poll_answers_at_the_event_or_at_the_timeout(cluster: Cluster) -> None:
+def test_long_poll_answers_at_the_event_or_at_the_timeout(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    """Asked to wait 55 s (the most), a long-poll answers within TIMEOUT once the scene has
+    changed, and at once when it has changed already; else after its own timeout."""
     server = cluster.start_server()
+
+    def subscribers(scene_id: str) -> int:  # the long-poll's waiter is subscribed
+        return int(redis_server.client().pubsub_numsub(channel(scene_id))[0][1])
 
     async def go() -> None:
         async with httpx.AsyncClient(timeout=TIMEOUT * 2) as client:
@@ -335,15 +371,14 @@ def test_long_poll_answers_at_the_event_or_at_the_timeout(cluster: Cluster) -> N
             assert idle.json()["status"] == "LOOP"
             assert 1 <= time.monotonic() - started < 1 + TIMEOUT
 
-            poll = asyncio.create_task(client.get(wait, params={"timeout": "20"}))
-            await asyncio.sleep(0.3)  # the long-poll is waiting
-            answered = await cluster.scan(server, client, scene)
-            result = await poll
-            assert time.monotonic() - answered < 0.1
+            poll = asyncio.create_task(client.get(wait, params={"timeout": "55"}))
+            await asyncio.to_thread(wait_for, lambda: subscribers(scene["scene"]) == 1)
+            await cluster.scan(server, client, scene)
+            result = await asyncio.wait_for(poll, TIMEOUT)  # at the event, not at 55 s
             assert result.json() == {"status": "NOT_REG", "code": 4}
             # a state other than LOOP answers at once
-            again = await client.get(wait, params={"timeout": "20"})
-            assert again.json()["status"] == "NOT_REG"
+            again = await asyncio.wait_for(client.get(wait, params={"timeout": "55"}), TIMEOUT)
+            assert again.json() == {"status": "NOT_REG", "code": 4}
             for bad in ("0", "56", "ten", "-1"):
                 answer = await client.get(wait, params={"timeout": bad})
                 assert answer.status_code == 400
@@ -379,7 +414,7 @@ def test_an_unknown_scene_gets_one_expired_frame_and_a_close(cluster: Cluster) -
     async def go() -> None:
         async with connect(f"{server.ws_url}/ws/v1/scenes/{'Z' * 22}") as ws:
             assert await frame(ws) == {"status": "EXPIRED", "code": 1}
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionClosedOK):
                 await frame(ws)
             assert ws.close_code == 1000
 
@@ -387,16 +422,17 @@ def test_an_unknown_scene_gets_one_expired_frame_and_a_close(cluster: Cluster) -
 
 
 def test_expiry_is_pushed_without_asking(cluster: Cluster) -> None:
+    """EXPIRED comes when the QR code's 2 s are up: not before, and promptly after."""
     server = cluster.start_server(WXPUSH_QR_EXPIRE_SECONDS="2")
 
     async def go() -> None:
+        started = time.monotonic()
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             scene = await cluster.new_scene(server, client)
         async with connect(f"{server.ws_url}/ws/v1/scenes/{scene['scene']}") as ws:
             assert (await frame(ws))["status"] == "LOOP"
-            started = time.monotonic()
-            assert await frame(ws, TIMEOUT) == {"status": "EXPIRED", "code": 1}
-            assert time.monotonic() - started < 3
+            assert await frame(ws, 2 + TIMEOUT) == {"status": "EXPIRED", "code": 1}
+            assert 2 <= time.monotonic() - started < 2 + PROMPTLY
 
     run(go())
 
@@ -431,10 +467,10 @@ def test_shutdown_closes_sockets_with_1012(cluster: Cluster) -> None:
             await frame(ws)
             async with httpx.AsyncClient(timeout=TIMEOUT) as client:
                 metrics = (await client.get(server.url + "/metrics")).text
-            assert 'wxpush_waiters{transport="websocket"} 1.0' in metrics
-            assert 'wxpush_waiters{transport="websocket"}' not in text or "} 0.0" in text
+            series = 'wxpush_waiters{transport="websocket"}'
+            assert (gauge(text, series), gauge(metrics, series)) == (0.0, 1.0)
             await asyncio.to_thread(server.stop)
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionClosedError):
                 await frame(ws)
             assert ws.close_code == 1012
 

@@ -434,10 +434,10 @@ async def test_redis_errors_propagate(tmp_path: Path) -> None:
 
     client = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     service = TokenService(make_settings(tmp_path).token_policy(), client)
-    with pytest.raises(redis.exceptions.ConnectionError):
-        await service.issue("u", new=True)
-    with pytest.raises(redis.exceptions.ConnectionError):
-        await service.refresh("x")
+    for call in (lambda: service.issue("u", new=True), lambda: service.refresh("x")):
+        with pytest.raises(redis.exceptions.ConnectionError) as caught:
+            await call()
+        assert type(caught.value) is redis.exceptions.ConnectionError
     await client.aclose()
 
 

@@ -6,10 +6,10 @@ Screenshots of each widget state go to tests/screenshots/ and are copied to stat
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,31 +135,33 @@ def bind_over_http(base: str, openid: str, number: str) -> None:
         assert bound.status_code == 200, bound.text
 
 
-def scan_known(context: sync_api.BrowserContext, qr_url: str, openid: str) -> float:
-    """Taps Scan on the phone page as ``openid``; returns the moment of the tap."""
+def scan_known(context: sync_api.BrowserContext, qr_url: str, openid: str) -> None:
+    """Taps Scan on the phone page as ``openid``."""
     phone = phone_page(context, qr_url)
     phone.locator('[data-sandbox="person"]').evaluate(
         "(sel, id) => sel.add(new Option(id, id, true, true))", openid
     )
-    tapped = time.monotonic()
     phone.locator('[data-sandbox="scan"]').click()
-    return tapped
 
 
-def assert_logged_in(page: sync_api.Page, within: float | None = None, since: float = 0) -> None:
+def assert_logged_in(page: sync_api.Page) -> None:
     who = page.locator(LOGGED_IN)
     sync_api.expect(who).to_contain_text("Logged in as user", timeout=MS)
-    if within is not None:
-        assert time.monotonic() - since < within
 
 
-def test_known_person_logs_in_within_a_second(demo: str, context: sync_api.BrowserContext) -> None:
+def test_known_person_is_logged_in_by_the_push(demo: str, context: sync_api.BrowserContext) -> None:
+    """The tokens come in a frame on the page's socket: no read, no long-poll (how fast is
+    measured by bench/push.py, not asserted)."""
     openid = "oWidgetKnown0000000000000001"
     bind_over_http(demo, openid, "13900139101")
     page, qr_url = open_widget(context, demo)
     sync_api.expect(page.locator('[data-wxpush="status"]')).to_contain_text("Scan the QR code")
     assert page.locator("#login").get_attribute("data-wxpush-transport") == "ws"
     shot(page, "1-qr")
+    frames: list[dict[str, object]] = []
+    page.on(
+        "websocket", lambda ws: ws.on("framereceived", lambda data: frames.append(json.loads(data)))
+    )
     old_src = page.locator('[data-wxpush="qr"]').get_attribute("src") or ""
     page.locator('[data-wxpush="refresh"]').click()
     sync_api.expect(page.locator('[data-wxpush="qr"]')).not_to_have_attribute("src", old_src)
@@ -167,10 +169,13 @@ def test_known_person_logs_in_within_a_second(demo: str, context: sync_api.Brows
     assert "/sandbox/phone?ticket=" in qr_url
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
-    tapped = scan_known(context, qr_url, openid)
-    page.locator(LOGGED_IN).wait_for(state="visible", timeout=1000)
-    assert time.monotonic() - tapped < 1.0
+    reads: list[str] = []
+    page.on("request", lambda request: reads.append(request.url))
+    scan_known(context, qr_url, openid)
     assert_logged_in(page)
+    assert [f["status"] for f in frames] == ["LOOP", "REG"]
+    assert {"access_token", "refresh_token"} <= frames[1].keys()
+    assert [url for url in reads if "/api/v1/scenes" in url] == []
     sync_api.expect(page.locator(LOGGED_IN)).to_contain_text("139****9101")
     assert navigations == []  # no reload
     shot(page, "5-logged-in")
@@ -211,10 +216,11 @@ def test_new_person_binds_a_phone(demo: str, context: sync_api.BrowserContext) -
 
     wrong = "000000" if code != "000000" else "111111"
     code_field.fill(wrong)
-    page.locator('[data-wxpush="submit"]').click()
+    with page.expect_response(lambda answer: answer.url.endswith("/bind")) as bound:
+        page.locator('[data-wxpush="submit"]').click()
+    assert (bound.value.status, bound.value.json()["error"]) == (400, "wrong_code")
     error = page.locator('[data-wxpush="error"]')
-    sync_api.expect(error).not_to_be_empty()
-    assert "wrong" in error.inner_text().lower() or "code" in error.inner_text().lower()
+    sync_api.expect(error).to_have_text("The code is wrong; 4 tries left.")
     shot(page, "3-wrong-code")
 
     code_field.fill(code)
@@ -228,7 +234,7 @@ def test_expired_qr_is_replaced(tmp_path: Path, context: sync_api.BrowserContext
         page, qr_url = open_widget(context, base)
         first = page.locator('[data-wxpush="qr"]').get_attribute("src")
         sync_api.expect(page.locator('[data-wxpush="qr"]')).not_to_have_attribute(
-            "src", first or "", timeout=8000
+            "src", first or "", timeout=3000 + MS
         )
         assert page.locator('[data-wxpush="qr-link"]').get_attribute("href") != qr_url
         sync_api.expect(page.locator('[data-wxpush="status"]')).to_contain_text("expired")

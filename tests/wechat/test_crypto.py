@@ -119,8 +119,9 @@ def test_encrypt_draws_a_fresh_prefix(crypto: MessageCrypto) -> None:
 
 
 def test_encrypt_rejects_a_prefix_of_the_wrong_size(crypto: MessageCrypto) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as info:
         crypto.encrypt(XML, random_prefix=b"short")
+    assert type(info.value) is ValueError
 
 
 # --- 32-byte PKCS#7: every pad value 1..32 ------------------------------------------------
@@ -179,8 +180,9 @@ def test_non_ascii_xml_round_trips(crypto: MessageCrypto) -> None:
     ],
 )
 def test_bad_base64_raises(crypto: MessageCrypto, encrypted: str) -> None:
-    with pytest.raises(CiphertextError):
+    with pytest.raises(CiphertextError) as info:
         crypto.decrypt(encrypted)
+    assert type(info.value) is CiphertextError
 
 
 @pytest.mark.parametrize("size", [0, 16, 31, 33, 48, 304])
@@ -241,8 +243,9 @@ def test_inconsistent_pad_bytes_raise(crypto: MessageCrypto) -> None:
     body = ref_frame(XML, APPID)
     body += b"\x00" * ((-(len(body) + 4)) % 32)
     encrypted = ref_encrypt_raw(body + b"\x01\x04\x04\x04")
-    with pytest.raises(CiphertextError):
+    with pytest.raises(CiphertextError) as info:
         crypto.decrypt(encrypted)
+    assert type(info.value) is CiphertextError
 
 
 def test_wrong_appid_raises_app_id_mismatch() -> None:
@@ -272,8 +275,9 @@ def test_length_field_beyond_payload_raises(crypto: MessageCrypto, extra: int) -
 
 def test_payload_shorter_than_its_header_raises(crypto: MessageCrypto) -> None:
     for body in (b"", PREFIX, PREFIX + b"\x00\x00\x00"):
-        with pytest.raises(CiphertextError):
+        with pytest.raises(CiphertextError) as info:
             crypto.decrypt(ref_encrypt_raw(ref_pad(body)))
+        assert type(info.value) is CiphertextError
 
 
 # --- key rotation -------------------------------------------------------------------------
@@ -290,13 +294,15 @@ def test_previous_key_decrypts_both_and_encrypts_with_the_new() -> None:
     reply = rotating.encrypt(XML)
     assert ref_decrypt(reply, encoding_aes_key=AES_KEY) == XML
     assert MessageCrypto(APPID, AES_KEY).decrypt(reply) == XML
-    with pytest.raises(CiphertextError):
+    with pytest.raises(CiphertextError) as info:
         MessageCrypto(APPID, OLD_AES_KEY).decrypt(reply)
+    assert type(info.value) is CiphertextError
 
 
 def test_without_previous_key_old_messages_fail() -> None:
-    with pytest.raises(CiphertextError):
+    with pytest.raises(CiphertextError) as info:
         MessageCrypto(APPID, AES_KEY).decrypt(ref_encrypt(XML, encoding_aes_key=OLD_AES_KEY))
+    assert type(info.value) is CiphertextError
 
 
 def test_previous_key_equal_to_current_is_harmless() -> None:
@@ -313,8 +319,9 @@ def test_wrong_appid_under_the_previous_key_is_reported_as_such() -> None:
 def test_garbage_under_both_keys_raises() -> None:
     rotating = MessageCrypto(APPID, AES_KEY, previous_aes_key=OLD_AES_KEY)
     other = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
-    with pytest.raises(CiphertextError):
+    with pytest.raises(CiphertextError) as info:
         rotating.decrypt(ref_encrypt(XML, encoding_aes_key=other))
+    assert type(info.value) is CiphertextError
 
 
 # --- EncodingAESKey -----------------------------------------------------------------------
@@ -343,7 +350,9 @@ def test_decode_aes_key_gives_32_bytes() -> None:
     ],
 )
 def test_decode_aes_key_rejects(bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as info:
         decode_aes_key(bad)
-    with pytest.raises(ValueError):
+    assert type(info.value) is ValueError
+    with pytest.raises(ValueError) as info:
         MessageCrypto(APPID, bad)
+    assert type(info.value) is ValueError

@@ -122,10 +122,12 @@ def test_encrypted_envelope_is_signed_and_decrypts(crypto: MessageCrypto, conten
 def test_encrypted_envelope_signature_covers_encrypt(crypto: MessageCrypto) -> None:
     envelope = encrypted_envelope(b"<xml/>", crypto, TOKEN, timestamp=TIMESTAMP, nonce=NONCE)
     fields = parse_fields(envelope)
-    with pytest.raises(SignatureError):
+    with pytest.raises(SignatureError) as info:
         verify(fields["MsgSignature"], TOKEN, fields["TimeStamp"], fields["Nonce"], window=None)
-    with pytest.raises(SignatureError):
+    assert type(info.value) is SignatureError
+    with pytest.raises(SignatureError) as info:
         verify(fields["MsgSignature"], "other", TIMESTAMP, NONCE, fields["Encrypt"], window=None)
+    assert type(info.value) is SignatureError
 
 
 def test_encrypted_request_is_signed_and_decrypts(crypto: MessageCrypto) -> None:
