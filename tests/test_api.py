@@ -314,11 +314,6 @@ async def test_redis_down_is_unavailable(fake_wechat: FakeWeChat, http: httpx.As
     assert fake_wechat.token_fetches == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the access_token cache raises Unavailable without a code: 'unavailable', where "
-    "every other path says 'redis_unavailable' for the same outage",
-)
 async def test_redis_down_is_the_same_error_as_everywhere(
     fake_wechat: FakeWeChat, http: httpx.AsyncClient
 ) -> None:

@@ -282,7 +282,9 @@ async def _redis_errors() -> AsyncIterator[None]:
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise Unavailable("Redis cannot be reached") from exc
+        raise Unavailable(
+            "Redis is not reachable; try again shortly.", code="redis_unavailable"
+        ) from exc
 
 
 def _load(raw: bytes | str | None) -> _Token | None:

@@ -233,4 +233,8 @@ def _flag(value: bool) -> str:
 
 def _plausible(scene_id: str) -> bool:
     """Ids are 22 URL-safe characters; anything else cannot be a scene."""
-    return len(scene_id) == 22 and all(c.isalnum() or c in "-_" for c in scene_id)
+    return (
+        len(scene_id) == 22
+        and scene_id.isascii()
+        and all(c.isalnum() or c in "-_" for c in scene_id)
+    )
