@@ -1,5 +1,0 @@
-"""`python -m wxpush` runs the command line."""
-
-from wxpush.cli import main
-
-raise SystemExit(main())

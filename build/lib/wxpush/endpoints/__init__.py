@@ -1,1 +1,0 @@
-"""Thin HTTP and WebSocket handlers: parse input, call one domain module, shape output."""
