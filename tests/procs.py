@@ -54,6 +54,7 @@ class ServerProcess:
              "--port", str(self.port), *self.args],
             env={**clean, "WXPUSH_LOG_LEVEL": "warning", **self.env},
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_more_files,
+            start_new_session=True,  # its own process group: uvicorn's workers stop with it
         )  # fmt: skip
 
     def _healthy(self) -> bool:
@@ -66,12 +67,7 @@ class ServerProcess:
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         if self.proc is None:
             return
-        os.kill(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=TIMEOUT * 2)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=TIMEOUT)
+        stop_group(self.proc, sig)
         self.proc = None
 
 
@@ -87,7 +83,7 @@ def run_demo(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wxpush", "demo", "--port", str(port)],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
 
@@ -99,9 +95,20 @@ def run_demo(
         wait_for(up, timeout=timeout)
         yield base
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=TIMEOUT * 2)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=TIMEOUT)
+        stop_group(proc, signal.SIGTERM)
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the process group ``proc`` leads (a server and any workers it spawned), wait
+    for ``proc``, SIGKILL the group if it lingers, and reap what is left of it: a test
+    leaves no process behind, even when it kills the server on purpose."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=TIMEOUT * 2)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers orphaned by a killed parent
