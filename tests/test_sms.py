@@ -22,8 +22,8 @@ from tests.server import keepalive_closer, serve
 from tests.util import free_port
 from wxpush.config.settings import Settings
 from wxpush.errors import BadGateway, BadRequest, Gone, RateLimited
+from wxpush.sms import providers as sms
 from wxpush.sms.codes import SmsCodes
-from wxpush.sms.codes import providers as sms
 from wxpush.sms.phone import normalize_phone
 from wxpush.sms.providers import ConsoleProvider, SmsProvider, WebhookProvider, make_provider
 
