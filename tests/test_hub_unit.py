@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import RedisServer
-from tests.util import PROMPTLY, TIMEOUT, free_port
+from tests.util import PROMPTLY, TIMEOUT
 from wxpush.errors import Unavailable
 from wxpush.infra.redis_client import open_redis
 from wxpush.login.messages import channel
@@ -90,15 +89,6 @@ async def stop(listener: asyncio.Task[None]) -> None:
 async def hub(redis_url: str) -> AsyncIterator[Running]:
     async with running_hub(redis_url) as running:
         yield running
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, to restart."""
-    server = RedisServer(port=free_port(), workdir=tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def next_of(waiter: Waiter, timeout: float = TIMEOUT) -> str | None:

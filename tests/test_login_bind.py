@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests import fakewechat
@@ -30,6 +29,7 @@ from tests.test_login import (
     sms_inbox,
     start,
 )
+from tests.test_login_handover import live_families
 from tests.util import TIMEOUT, wait_for
 from wxpush.infra import sql
 from wxpush.login.scenes import SceneStore
@@ -99,14 +99,6 @@ def wrong(code: str) -> str:
 
 def recovered(site: Site) -> None:
     assert wait_for(lambda: site.client.get("/readyz").status_code == 200)
-
-
-def live_families(redis_url: str) -> int:
-    store = redis.Redis.from_url(redis_url)
-    try:
-        return sum(store.scard(key) > 0 for key in store.scan_iter("wxpush:rtf:*"))
-    finally:
-        store.close()
 
 
 def assert_logged_in(answer: httpx.Response) -> dict[str, Any]:

@@ -6,8 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -16,7 +15,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.conftest import RedisServer
-from tests.util import PROMPTLY, TIMEOUT, free_port
+from tests.util import PROMPTLY, TIMEOUT
 from wxpush.infra.pipeline import PipelinedConnection
 from wxpush.infra.redis_client import open_connections, open_redis
 
@@ -33,15 +32,6 @@ async def pipelined(redis_url: str) -> AsyncIterator[PipelinedConnection]:
     yield hot
     await hot.aclose()
     await client.aclose()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, to stop, freeze or lock."""
-    server = RedisServer(port=free_port(), workdir=tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def named(port: int, name: str) -> int:

@@ -23,10 +23,6 @@ def text(raw: str) -> str:
     return raw
 
 
-def integer(raw: str) -> int:
-    return int(raw.strip())
-
-
 def positive_int(raw: str) -> int:
     value = int(raw.strip())
     if value <= 0:
