@@ -1,16 +1,20 @@
-"""The accounts file and the accounts it names.
+"""The accounts file and the WeChat apps it names.
 
 WeChat service accounts come either from the ``WXPUSH_APPID``/``WXPUSH_APPSECRET``/
 ``WXPUSH_TOKEN``/``WXPUSH_AES_KEY`` family (one account, named ``default``) or from a TOML
-file named by ``WXPUSH_ACCOUNTS_FILE`` holding several ``[[account]]`` tables. Domain code
-takes :class:`Account` values; it never reads this file or the environment.
+file named by ``WXPUSH_ACCOUNTS_FILE`` holding several ``[[account]]`` tables. Open Platform
+website apps (the ``website`` door, SPEC §13) come from ``[[website]]`` tables of the same
+file and from ``WXPUSH_WEBSITE_APPID``/``WXPUSH_WEBSITE_SECRET`` (one app, named ``website``).
+A name is unique across both kinds: it is the ``{name}`` of ``/wechat/{name}/…`` routes.
+Domain code takes :class:`Account` and :class:`WebsiteApp` values; it never reads this file or
+the environment.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from wxpush.config import values
 from wxpush.errors import SettingsError
 
 DEFAULT_ACCOUNT = "default"
+DEFAULT_WEBSITE = "website"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +36,72 @@ class Account:
     aes_key: str | None = None
     aes_key_previous: str | None = None
     access_token_url: str | None = None
+    # bound to an Open Platform account: an unknown openid's unionid is looked up (§12)
+    unionid: bool = False
 
     def __repr__(self) -> str:  # never print the secret or the keys
         return f"Account(name={self.name!r}, appid={self.appid!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class WebsiteApp:
+    """One Open Platform website app: WeChat's own QR code, confirmed on the phone."""
+
+    name: str
+    appid: str
+    secret: str
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"WebsiteApp(name={self.name!r}, appid={self.appid!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Apps:
+    """Every WeChat app the server is configured with, by name."""
+
+    accounts: dict[str, Account]
+    websites: dict[str, WebsiteApp]
+
+
+def load_apps(env: Mapping[str, str], accounts_file: str | None, *, unionid: bool = False) -> Apps:
+    """The service accounts and website apps of ``accounts_file`` (when given) and of the
+    environment; at least one of either. ``unionid`` marks every service account as bound to
+    an Open Platform account (``WXPUSH_UNIONID``)."""
+    data = _read_file(accounts_file) if accounts_file else None
+    if data is not None:
+        accounts = _accounts_from_file(accounts_file or "", data)
+    else:
+        accounts = _accounts_from_env(env) if env.get("WXPUSH_APPID", "").strip() else {}
+    websites = _websites(env, accounts_file, data)
+    for name in websites:
+        if name in accounts:
+            raise SettingsError(
+                "WXPUSH_ACCOUNTS_FILE" if data is not None else "WXPUSH_WEBSITE_APPID",
+                f"the name {name!r} is both a service account and a website app",
+            )
+    if not accounts and not websites:
+        raise SettingsError(
+            "WXPUSH_APPID",
+            "missing; set it (with WXPUSH_TOKEN), WXPUSH_WEBSITE_APPID or WXPUSH_ACCOUNTS_FILE",
+        )
+    if unionid:
+        accounts = {n: replace(a, unionid=True) for n, a in accounts.items()}
+    return Apps(accounts, websites)
 
 
 def load_accounts(env: Mapping[str, str], accounts_file: str | None) -> dict[str, Account]:
     """The service accounts: from ``accounts_file`` when given, else the ``WXPUSH_APPID``
     family of variables (one account, named ``default``)."""
     if accounts_file:
-        return _accounts_from_file(accounts_file)
+        return _accounts_from_file(accounts_file, _read_file(accounts_file))
     if not env.get("WXPUSH_APPID", "").strip():
         raise SettingsError(
             "WXPUSH_APPID", "missing; set it (with WXPUSH_TOKEN) or WXPUSH_ACCOUNTS_FILE"
         )
+    return _accounts_from_env(env)
+
+
+def _accounts_from_env(env: Mapping[str, str]) -> dict[str, Account]:
     account = _account(
         {
             "name": DEFAULT_ACCOUNT,
@@ -82,7 +139,10 @@ _ACCOUNT_PARSERS: dict[str, Callable[[str], Any]] = {
 
 
 def _account(raw: Mapping[str, Any], variable: Callable[[str], str]) -> Account:
-    values: dict[str, Any] = {}
+    flag = raw.get("unionid", False)
+    if not isinstance(flag, bool):
+        raise SettingsError(variable("unionid"), "must be true or false")
+    values: dict[str, Any] = {"unionid": flag} if flag else {}
     for key, parse in _ACCOUNT_PARSERS.items():
         value = raw.get(key)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -98,17 +158,23 @@ def _account(raw: Mapping[str, Any], variable: Callable[[str], str]) -> Account:
     return Account(**values)
 
 
-def _accounts_from_file(path: str) -> dict[str, Account]:
+def _read_file(path: str) -> dict[str, Any]:
     variable = "WXPUSH_ACCOUNTS_FILE"
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise SettingsError(variable, f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(variable, f"{path} is not valid TOML: {exc}") from exc
+
+
+def _accounts_from_file(path: str, data: Mapping[str, Any]) -> dict[str, Account]:
+    variable = "WXPUSH_ACCOUNTS_FILE"
     tables = data.get("account")
+    if tables is None and data.get("website"):
+        return {}  # a server of website logins only
     if not isinstance(tables, list) or not tables:
-        raise SettingsError(variable, f"{path} has no [[account]] tables")
+        raise SettingsError(variable, f"{path} has no [[account]] (or [[website]]) tables")
     accounts: dict[str, Account] = {}
     for index, table in enumerate(tables):
         if not isinstance(table, dict):
@@ -118,6 +184,49 @@ def _accounts_from_file(path: str) -> dict[str, Account]:
             raise SettingsError(variable, f"{path}: account name {account.name!r} repeats")
         accounts[account.name] = account
     return accounts
+
+
+def _websites(
+    env: Mapping[str, str], path: str | None, data: Mapping[str, Any] | None
+) -> dict[str, WebsiteApp]:
+    """The ``[[website]]`` tables of the file, then the ``WXPUSH_WEBSITE_*`` app."""
+    found: dict[str, WebsiteApp] = {}
+    tables = [] if data is None else data.get("website", [])
+    if not isinstance(tables, list):
+        raise SettingsError("WXPUSH_ACCOUNTS_FILE", f"{path}: website must be [[website]] tables")
+    sources: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
+    for index, table in enumerate(tables):
+        where = f"WXPUSH_ACCOUNTS_FILE ({path}, website #{index + 1}"
+        if not isinstance(table, dict):
+            raise SettingsError(
+                "WXPUSH_ACCOUNTS_FILE", f"{path}: website #{index + 1} is not a table"
+            )
+        sources.append((table, _file_variable(where)))
+    if env.get("WXPUSH_WEBSITE_APPID", "").strip() or env.get("WXPUSH_WEBSITE_SECRET", "").strip():
+        raw = {"name": DEFAULT_WEBSITE, "appid": env.get("WXPUSH_WEBSITE_APPID"),
+               "secret": env.get("WXPUSH_WEBSITE_SECRET")}  # fmt: skip
+        sources.append((raw, lambda key: f"WXPUSH_WEBSITE_{key.upper()}"))
+    for raw, variable in sources:
+        app = _website(raw, variable)
+        if app.name in found:
+            raise SettingsError(variable("name"), f"the website app name {app.name!r} repeats")
+        found[app.name] = app
+    return found
+
+
+def _website(raw: Mapping[str, Any], variable: Callable[[str], str]) -> WebsiteApp:
+    parsers: dict[str, Callable[[str], Any]] = {
+        "name": values.appid, "appid": values.appid, "secret": values.text,
+    }  # fmt: skip
+    fields: dict[str, Any] = {}
+    for key, parse in parsers.items():
+        value = raw.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise SettingsError(variable(key), "missing")
+        if not isinstance(value, str):
+            raise SettingsError(variable(key), "must be a string")
+        fields[key] = parse_value(variable(key), parse, value)
+    return WebsiteApp(**fields)
 
 
 def _file_variable(where: str) -> Callable[[str], str]:

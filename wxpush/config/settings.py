@@ -22,7 +22,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from wxpush.config import values as v
-from wxpush.config.accounts import Account, load_accounts, parse_value
+from wxpush.config.accounts import Account, WebsiteApp, load_apps, parse_value
 from wxpush.config.policy import CallbackPolicy, LoginPolicy, SmsPolicy, TokenPolicy
 from wxpush.errors import SettingsError
 from wxpush.infra.redis_client import MAX_CONNECTIONS
@@ -39,6 +39,7 @@ class Settings:
     """Every setting of the server, typed. Build with :meth:`from_env`."""
 
     accounts: Mapping[str, Account] = field(default_factory=dict)
+    websites: Mapping[str, WebsiteApp] = field(default_factory=dict)
     accounts_file: str | None = _setting("WXPUSH_ACCOUNTS_FILE", v.text)
     redis_url: str | None = _setting("WXPUSH_REDIS_URL", v.redis_url)
     redis_connections: int = _setting(
@@ -61,6 +62,10 @@ class Settings:
     wechat_api_base: str = _setting(
         "WXPUSH_WECHAT_API_BASE", v.http_url, "https://api.weixin.qq.com"
     )
+    wechat_connect_base: str = _setting(
+        "WXPUSH_WECHAT_CONNECT_BASE", v.http_url, "https://open.weixin.qq.com"
+    )
+    unionid: bool = _setting("WXPUSH_UNIONID", v.boolean, False)
     login_only: bool = _setting("WXPUSH_LOGIN_ONLY", v.boolean, False)
     require_phone: bool = _setting("WXPUSH_REQUIRE_PHONE", v.boolean, True)
     link_by_phone: bool = _setting("WXPUSH_LINK_BY_PHONE", v.boolean, True)
@@ -95,6 +100,9 @@ class Settings:
 
     @property
     def default_account(self) -> Account:
+        """The first service account (``WXPUSH_APPID``'s, or the file's first)."""
+        if not self.accounts:
+            raise SettingsError("WXPUSH_APPID", "no service account is configured")
         return next(iter(self.accounts.values()))
 
     @classmethod
@@ -126,8 +134,8 @@ class Settings:
                 continue
             values[f.name] = parse_value(name, f.metadata["parse"], raw)
         settings = cls(**values)
-        accounts = load_accounts(env, settings.accounts_file)
-        settings = dataclasses.replace(settings, accounts=accounts)
+        apps = load_apps(env, settings.accounts_file, unionid=settings.unionid)
+        settings = dataclasses.replace(settings, accounts=apps.accounts, websites=apps.websites)
         _check_consistency(settings)
         return settings
 
@@ -167,6 +175,8 @@ class Settings:
         for account in sorted(self.accounts.values(), key=lambda a: a.name):
             for part in (account.appid, account.token, account.secret or ""):
                 material.update(part.encode() + b"\0")
+        for app in sorted(self.websites.values(), key=lambda a: a.name):
+            material.update(f"{app.appid}\0{app.secret}\0".encode())
         material.update((self.jwt_secret or "").encode())
         return material.digest()
 
@@ -177,8 +187,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
                 value = "***"
-            elif f.name == "accounts":
-                value = [repr(a) for a in self.accounts.values()]
+            elif f.name in ("accounts", "websites"):
+                value = [repr(a) for a in value.values()]
             out[f.name] = value
         return out
 
