@@ -195,19 +195,19 @@ def _websites(
     if not isinstance(tables, list):
         raise SettingsError("WXPUSH_ACCOUNTS_FILE", f"{path}: website must be [[website]] tables")
     sources: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
-    for index, table in enumerate(tables):
+    for index, item in enumerate(tables):
         where = f"WXPUSH_ACCOUNTS_FILE ({path}, website #{index + 1}"
-        if not isinstance(table, dict):
+        if not isinstance(item, dict):
             raise SettingsError(
                 "WXPUSH_ACCOUNTS_FILE", f"{path}: website #{index + 1} is not a table"
             )
-        sources.append((table, _file_variable(where)))
+        sources.append((item, _file_variable(where)))
     if env.get("WXPUSH_WEBSITE_APPID", "").strip() or env.get("WXPUSH_WEBSITE_SECRET", "").strip():
-        raw = {"name": DEFAULT_WEBSITE, "appid": env.get("WXPUSH_WEBSITE_APPID"),
+        env_app: Mapping[str, Any] = {"name": DEFAULT_WEBSITE, "appid": env.get("WXPUSH_WEBSITE_APPID"),
                "secret": env.get("WXPUSH_WEBSITE_SECRET")}  # fmt: skip
-        sources.append((raw, lambda key: f"WXPUSH_WEBSITE_{key.upper()}"))
-    for raw, variable in sources:
-        app = _website(raw, variable)
+        sources.append((env_app, lambda key: f"WXPUSH_WEBSITE_{key.upper()}"))
+    for table, variable in sources:
+        app = _website(table, variable)
         if app.name in found:
             raise SettingsError(variable("name"), f"the website app name {app.name!r} repeats")
         found[app.name] = app
