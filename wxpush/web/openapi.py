@@ -202,7 +202,7 @@ PATHS: dict[str, dict[str, Any]] = {
                         ("502", "WeChat refused"),
                         ("503", "Redis or the database is down"),
                     )
-                },  # fmt: skip
+                },
             },
         }
     },
