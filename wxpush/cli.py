@@ -17,10 +17,11 @@ from wxpush import __version__
 from wxpush.clients.wechat import WeChatAPI
 from wxpush.config.accounts import Account
 from wxpush.config.settings import Settings, port_from_env
-from wxpush.errors import SettingsError, WxpushError
+from wxpush.errors import SettingsError, Unavailable, WxpushError
 from wxpush.infra.redis_client import open_redis
 from wxpush.infra.sql import open_engine
 from wxpush.lifespan import quiet_secret_loggers
+from wxpush.people.migrate import refuse_newer
 from wxpush.people.store import People
 from wxpush.server import (
     KEEP_ALIVE,
@@ -116,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.workers > 1 and settings.embedded_redis:
         raise SettingsError("WXPUSH_REDIS_URL", "required to run more than one worker")
+    asyncio.run(_refuse_a_newer_database(settings.database_url))
     uvicorn.run(
         "wxpush.app:create_app",
         factory=True,
@@ -130,6 +132,19 @@ def _serve(args: argparse.Namespace) -> int:
         **websocket_options(args.ws_ping_interval),
     )
     return 0
+
+
+async def _refuse_a_newer_database(url: str) -> None:
+    """A database at a schema version newer than this wxpush stops ``serve`` here, in its
+    one line, before any worker starts (each worker's start-up would refuse it too, inside a
+    traceback). A database that is down is left to the workers' start-up, as before."""
+    engine = open_engine(url)
+    try:
+        await refuse_newer(engine)
+    except Unavailable:
+        pass
+    finally:
+        await engine.dispose()
 
 
 def _demo(args: argparse.Namespace) -> int:
