@@ -6,23 +6,17 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import httpx
-
-from wxpush import __version__
+from wxpush import __version__, checks
 from wxpush.clients.wechat import WeChatAPI
 from wxpush.config.accounts import Account
 from wxpush.config.settings import Settings, port_from_env
 from wxpush.errors import SettingsError, Unavailable, WxpushError
-from wxpush.infra.redis_client import open_redis
 from wxpush.infra.sql import open_engine
 from wxpush.lifespan import quiet_secret_loggers
 from wxpush.people.migrate import refuse_newer
-from wxpush.people.store import People
 from wxpush.server import (
     KEEP_ALIVE,
     MAX_KEEP_ALIVE,
@@ -189,46 +183,7 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     names = ", ".join(settings.accounts)
     print(f"settings: ok ({len(settings.accounts)} account(s): {names})")
-    return asyncio.run(_check_services(settings))
-
-
-async def _check_services(settings: Settings) -> int:
-    failures = 0
-    async with _clients(settings) as (redis, http):
-        try:
-            await asyncio.wait_for(redis.ping(), timeout=3)
-            where = "embedded, single process" if settings.embedded_redis else "reachable"
-            print(f"redis: ok ({where})")
-        except Exception as exc:
-            print(f"redis: failed — {type(exc).__name__}: {exc}")
-            return 1
-        failures += await _check_database(settings.database_url)
-        for account in settings.accounts.values():
-            api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
-            try:
-                await api.access_token()
-                print(f"wechat token ({account.name}): ok")
-            except WxpushError as exc:
-                failures += 1
-                print(f"wechat token ({account.name}): failed — {exc.message}")
-    return 1 if failures else 0
-
-
-async def _check_database(url: str) -> int:
-    """``database: ok (<kind>)`` when a query answers, else the failure in words (1)."""
-    engine = open_engine(url)
-    people = People(engine)
-    kind = engine.dialect.name
-    try:
-        await people.ping(timeout=3)
-        print(f"database: ok ({kind})")
-        return 0
-    except WxpushError as exc:
-        print(f"database: failed — {exc.message}")
-        return 1
-    finally:
-        people.close()
-        await engine.dispose()
+    return asyncio.run(checks.services(settings))
 
 
 # -- menu -----------------------------------------------------------------------------------
@@ -268,7 +223,7 @@ def _with_api(args: argparse.Namespace, run: Callable[[WeChatAPI], Awaitable[Non
     account = _pick_account(settings, args.account)
 
     async def go() -> int:
-        async with _clients(settings) as (redis, http):
+        async with checks.clients(settings) as (redis, http):
             api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
             try:
                 await run(api)
@@ -286,14 +241,3 @@ def _pick_account(settings: Settings, name: str | None) -> Account:
     if name not in settings.accounts:
         raise SettingsError("--account", f"no account named {name!r}")
     return settings.accounts[name]
-
-
-@asynccontextmanager
-async def _clients(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    redis = open_redis(settings.redis_url, connections=settings.redis_connections)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
-    try:
-        yield redis, http
-    finally:
-        await http.aclose()
-        await redis.aclose()
