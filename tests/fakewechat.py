@@ -33,6 +33,7 @@ Handlers run on the server's thread; attributes are plain Python values safe to 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -105,6 +106,7 @@ class FakeWeChat:
     requests: list[Seen] = field(default_factory=list)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     rules: list[_Rule] = field(default_factory=list)
+    delays: dict[str, float] = field(default_factory=dict)
     store: MemoryStore = field(init=False)
     _invalidations: int = field(default=0, init=False)
 
@@ -162,8 +164,13 @@ class FakeWeChat:
         """
         self.rules.append(_Rule(path, times, errcode, status, body))
 
+    def hang(self, path: str, *, seconds: float) -> None:
+        """The next request to ``path`` is answered only after ``seconds`` (a slow WeChat)."""
+        self.delays[path] = seconds
+
     def heal(self) -> None:
         self.rules.clear()
+        self.delays.clear()
 
     def invalidate(self) -> None:
         """Every token issued so far now answers 40001 (as after a secret reset).
@@ -228,6 +235,9 @@ class FakeWeChat:
         self.calls[call.path] += 1
         self.requests.append(Seen(call.method, call.path, dict(call.params), _seen(raw), raw))
         self._count(call)
+        delay = self.delays.pop(call.path, None)
+        if delay is not None:
+            await asyncio.sleep(delay)
         scripted = self._scripted(call.path)
         if scripted is not None:
             return scripted
