@@ -64,7 +64,7 @@ async def exchange(
 # --- the exchange -----------------------------------------------------------------------------
 
 
-async def test_a_website_code_gives_its_person_once(store: Store, clock: Clock):
+async def test_a_website_code_gives_its_person_once(store: Store, clock: Clock) -> None:
     wechat = platform(store, clock)
     openid = website_openid(WEB, ALICE)
     code = await wechat.issue_code(WEB, openid, unionid=unionid_of(ALICE), scope="snsapi_login")
@@ -78,7 +78,7 @@ async def test_a_website_code_gives_its_person_once(store: Store, clock: Clock):
     assert (again["errcode"], again["errmsg"].split(" rid:")[0]) == (40163, "code been used")
 
 
-async def test_a_code_without_unionid_or_from_a_snapshot(store: Store, clock: Clock):
+async def test_a_code_without_unionid_or_from_a_snapshot(store: Store, clock: Clock) -> None:
     wechat = platform(store, clock)
     base = await wechat.issue_code(APPID, BOB, scope="snsapi_base")
     got = await exchange(wechat, base, APPID, SECRET)
@@ -102,7 +102,7 @@ async def test_exchange_refusals(
     clock: Clock,
     change: dict[str, str],
     errcode: int,
-):
+) -> None:
     """Each refusal leaves the code good: the right app still exchanges it after."""
     wechat = platform(store, clock)
     code = await wechat.issue_code(WEB, "o1", scope="snsapi_login")
@@ -112,7 +112,7 @@ async def test_exchange_refusals(
     assert (await exchange(wechat, code))["openid"] == "o1"
 
 
-async def test_a_code_lives_300_seconds(store: Store, clock: Clock):
+async def test_a_code_lives_300_seconds(store: Store, clock: Clock) -> None:
     wechat = platform(store, clock)
     early = await wechat.issue_code(WEB, "o1", scope="snsapi_login")
     late = await wechat.issue_code(WEB, "o2", scope="snsapi_login")
@@ -123,7 +123,7 @@ async def test_a_code_lives_300_seconds(store: Store, clock: Clock):
     assert (expired["errcode"], expired["errmsg"].split(" rid:")[0]) == (40029, "invalid code")
 
 
-async def test_codes_only_for_an_app_and_its_scopes(store: Store, clock: Clock):
+async def test_codes_only_for_an_app_and_its_scopes(store: Store, clock: Clock) -> None:
     wechat = platform(store, clock)
     for appid, scope in [("wxunknown", "snsapi_login"), (WEB, "snsapi_base"),
                          (APPID, "snsapi_login")]:  # fmt: skip
@@ -131,7 +131,7 @@ async def test_codes_only_for_an_app_and_its_scopes(store: Store, clock: Clock):
             await wechat.issue_code(appid, "o1", scope=scope)  # type: ignore[arg-type]
 
 
-async def test_a_website_app_has_no_server_token(store: Store, clock: Clock):
+async def test_a_website_app_has_no_server_token(store: Store, clock: Clock) -> None:
     wechat = platform(store, clock)
     creds = {"appid": WEB, "secret": WEB_SECRET}
     plain = await get(wechat, "/cgi-bin/token", grant_type="client_credential", **creds)
@@ -141,7 +141,7 @@ async def test_a_website_app_has_no_server_token(store: Store, clock: Clock):
 # --- sns/userinfo and user/info --------------------------------------------------------------
 
 
-async def test_userinfo_of_the_tokens_person(store: Store, clock: Clock):
+async def test_userinfo_of_the_tokens_person(store: Store, clock: Clock) -> None:
     profiles = {"o_alice": {"nickname": "Alice", "sex": 2, "subscribe": 1}}
     wechat = platform(store, clock, profiles=profiles)
     code = await wechat.issue_code(WEB, "o_alice", unionid="u_alice", scope="snsapi_login")
@@ -162,7 +162,7 @@ async def test_userinfo_of_the_tokens_person(store: Store, clock: Clock):
     assert expired["errcode"] == 42001
 
 
-async def test_userinfo_by_scope(store: Store, clock: Clock):
+async def test_userinfo_by_scope(store: Store, clock: Clock) -> None:
     wechat = platform(store, clock)
     for scope, unionid, errcode in [("snsapi_base", None, 48001),
                                     ("snsapi_userinfo", "u1", 0)]:  # fmt: skip
@@ -173,7 +173,7 @@ async def test_userinfo_by_scope(store: Store, clock: Clock):
     assert info["unionid"] == "u1" and sorted(info) == sorted([*USERINFO, "unionid"])
 
 
-async def test_user_info_carries_a_known_unionid(store: Store, clock: Clock):
+async def test_user_info_carries_a_known_unionid(store: Store, clock: Clock) -> None:
     creds = {"appid": APPID, "secret": SECRET, "grant_type": "client_credential"}
     sandbox = platform(store, clock, unionids=unionid_of)
     token = (await get(sandbox, "/cgi-bin/token", **creds))["access_token"]
@@ -299,7 +299,7 @@ def script(base: str, codes: Codes) -> list[Any]:
 
 def test_the_sandbox_and_the_fake_answer_oauth_alike(
     sandbox_api: tuple[str, Codes], fake_api: tuple[str, Codes]
-):
+) -> None:
     sandbox, fake = script(*sandbox_api), script(*fake_api)
     assert sandbox == fake
     assert sandbox[:5] == [40002, 40013, 40125, 40029, 40029]
