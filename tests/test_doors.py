@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import jwt
@@ -113,7 +113,8 @@ def test_the_website_door_answers_wechats_qr_options(doors: Site) -> None:
     assert redirect_uri(created).endswith("/wechat/website/oauth/redirect")
     assert created["wxlogin"] == {
         "appid": doors.fake.website_appid, "scope": "snsapi_login",
-        "redirect_uri": redirect_uri(created), "state": state, "self_redirect": True,
+        "redirect_uri": quote(redirect_uri(created), safe=""), "state": state,
+        "self_redirect": True,
     }  # fmt: skip
     assert created["wxlogin_script"].startswith("https://res.wx.qq.com/")
     assert 0 < created["expires_in"] <= 600
