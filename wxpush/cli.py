@@ -182,7 +182,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"settings: failed — {exc}")
         return 1
     names = ", ".join(settings.accounts)
-    print(f"settings: ok ({len(settings.accounts)} account(s): {names})")
+    apps = f"{len(settings.accounts)} account(s): {names}" if settings.accounts else "no account"
+    if settings.websites:
+        apps += f"; {len(settings.websites)} website app(s): {', '.join(settings.websites)}"
+    print(f"settings: ok ({apps})")
     return asyncio.run(checks.services(settings))
 
 
