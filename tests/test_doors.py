@@ -216,6 +216,14 @@ def test_a_state_dies_with_its_scene(
     assert_page(come_back(site, created, website_code(site)), 400, "state_invalid")
 
 
+def test_a_head_request_spends_no_state(doors: Site) -> None:
+    created = new_scene(doors, "website")
+    params = {"code": website_code(doors), "state": state_of(created)}
+    assert doors.client.head(redirect_uri(created), params=params).status_code == 200
+    assert doors.poll(created["scene"])["status"] == "LOOP"
+    assert doors.client.get(redirect_uri(created), params=params).status_code == 200
+
+
 def test_another_apps_redirect_cannot_spend_a_state(doors: Site) -> None:
     created = new_scene(doors, "website")
     wrong = redirect_uri(created).replace("/wechat/website/", "/wechat/default/")

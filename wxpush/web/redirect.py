@@ -79,6 +79,8 @@ async def redirect(request: Request) -> Response:
     doors: Doors = request.state.doors
     query = request.query_params
     lang = language(request.headers.get("accept-language", ""))
+    if request.method == "HEAD":  # a link checker: answer, but spend nothing
+        return HTMLResponse(b"", headers=HEADERS)
     try:
         done = await doors.redirected(
             request.path_params["name"], query.get("code") or None, query.get("state", "")
