@@ -30,7 +30,7 @@ from wxpush.config.settings import Settings
 from wxpush.errors import WxpushError
 from wxpush.infra.metrics import Metrics
 from wxpush.lifespan import lifespan
-from wxpush.web import access, health, openapi, scenes, sockets, tokens, wechat
+from wxpush.web import access, health, openapi, redirect, scenes, sockets, tokens, wechat
 from wxpush.web.errors import error_answer, error_response
 from wxpush.wechat.errors import ProtocolError
 
@@ -56,6 +56,7 @@ def create_app(
     routes: list[BaseRoute] = [  # the one table of every route, HTTP and WebSocket
         callback,
         socket,
+        Route(REDIRECT_ROUTE, redirect.redirect, methods=["GET"]),
         Route("/api/v1/scenes", scenes.create, methods=["POST"]),
         Route(scene, scenes.read, methods=["GET"]),
         Route(scene + "/qr.svg", scenes.qr_svg, methods=["GET"]),
@@ -148,6 +149,7 @@ async def _serve_hot(
 
 SOCKET_ROUTE = "/ws/v1/scenes/{scene}"
 CALLBACK_ROUTE = "/wechat/{account}/callback"
+REDIRECT_ROUTE = "/wechat/{name}/oauth/redirect"
 
 
 def _static_dir() -> Path:

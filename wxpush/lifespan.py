@@ -21,13 +21,17 @@ from wxpush.callback.scan import ScanHandler, ignore_scan
 from wxpush.callback.service import CallbackService
 from wxpush.clients import outbound
 from wxpush.clients.wechat import WeChatAPI
+from wxpush.clients.wechat_oauth import OAuthClient
 from wxpush.config.settings import Settings
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.pipeline import PipelinedConnection
 from wxpush.infra.ratelimit import RateLimiter
 from wxpush.infra.redis_client import open_connections
 from wxpush.infra.sql import open_engine
+from wxpush.login.arrival import Arrival
+from wxpush.login.doors import Doors
 from wxpush.login.flow import LoginFlow
+from wxpush.login.redirect_state import RedirectStates
 from wxpush.login.scenes import SceneStore
 from wxpush.people.store import People
 from wxpush.realtime.hub import Hub
@@ -50,6 +54,7 @@ class State(TypedDict):
     people: People
     tokens: TokenService
     login: LoginFlow
+    doors: Doors
     callbacks: CallbackService
     metrics: Metrics
     hub: Hub
@@ -120,10 +125,17 @@ def lifespan(
             tokens = TokenService(settings.token_policy(), redis, hot)
             sms_policy = settings.sms_policy()
             sms = SmsCodes(sms_policy, redis, make_provider(sms_policy, http=http, redis=redis))
+            scenes, login_policy = SceneStore(redis, hot), settings.login_policy()
+            arrival = Arrival(login_policy, scenes, people, metrics)
             login = LoginFlow(
-                policy=settings.login_policy(), accounts=settings.accounts,
-                scenes=SceneStore(redis, hot), people=people, tokens=tokens, sms=sms,
-                wechat=wechat, limiter=RateLimiter(redis), metrics=metrics,
+                policy=login_policy, accounts=settings.accounts, scenes=scenes, people=people,
+                tokens=tokens, sms=sms, wechat=wechat, limiter=RateLimiter(redis),
+                metrics=metrics, arrival=arrival,
+            )  # fmt: skip
+            doors = Doors(
+                login, arrival, settings.websites, RedirectStates(redis),
+                OAuthClient(http=wechat_http, base_url=settings.wechat_api_base),
+                settings.wechat_connect_base,
             )  # fmt: skip
             stack.push_async_callback(login.settle)  # before Redis closes
             callbacks = CallbackService(
@@ -138,7 +150,8 @@ def lifespan(
             settle_gc()
             yield State(
                 settings=settings, redis=redis, engine=engine, http=http, wechat=wechat,
-                people=people, tokens=tokens, login=login, callbacks=callbacks, metrics=metrics,
+                people=people, tokens=tokens, login=login, doors=doors, callbacks=callbacks,
+                metrics=metrics,
                 hub=hub, sockets=SocketCount(),
             )  # fmt: skip
 

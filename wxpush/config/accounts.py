@@ -203,8 +203,11 @@ def _websites(
             )
         sources.append((item, _file_variable(where)))
     if env.get("WXPUSH_WEBSITE_APPID", "").strip() or env.get("WXPUSH_WEBSITE_SECRET", "").strip():
-        env_app: Mapping[str, Any] = {"name": DEFAULT_WEBSITE, "appid": env.get("WXPUSH_WEBSITE_APPID"),
-               "secret": env.get("WXPUSH_WEBSITE_SECRET")}  # fmt: skip
+        env_app: Mapping[str, Any] = {
+            "name": DEFAULT_WEBSITE,
+            "appid": env.get("WXPUSH_WEBSITE_APPID"),
+            "secret": env.get("WXPUSH_WEBSITE_SECRET"),
+        }
         sources.append((env_app, lambda key: f"WXPUSH_WEBSITE_{key.upper()}"))
     for table, variable in sources:
         app = _website(table, variable)

@@ -34,12 +34,15 @@ from wxpush.config.policy import LoginPolicy
 from wxpush.errors import BadRequest, NotFound
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.ratelimit import RateLimiter
-from wxpush.login.scenes import Scene, SceneStore
+from wxpush.login.arrival import Arrival
+from wxpush.login.scenes import Person, Scene, SceneStore
 from wxpush.login.states import status_body
+from wxpush.people.schema import PROVIDER
 from wxpush.people.store import People
 from wxpush.sms.codes import SmsCodes
 from wxpush.sms.phone import normalize_phone
 from wxpush.tokens.service import TokenService, new_family
+from wxpush.wechat.oauth import unionid_of
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class LoginFlow:
     wechat: dict[str, WeChatAPI]
     limiter: RateLimiter
     metrics: Metrics
+    arrival: Arrival
     # Give-backs still running (a task must be referenced until it is done).
     _undoing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
@@ -65,11 +69,8 @@ class LoginFlow:
 
     async def create(self, account_name: str | None, *, ip: str) -> Scene:
         """A new scene with its QR code, limited per IP."""
-        account = self._account(account_name)
-        await self.limiter.hit(
-            f"scenes:{ip}", limit=self.policy.scenes_per_minute_per_ip, window=60,
-            code="scene_rate_limited", what="new QR codes",
-        )  # fmt: skip
+        account = self.account(account_name)
+        await self.limit_scenes(ip)
         api = self.wechat[account.name]
 
         async def make_qr(scene_str: str, expire_seconds: int) -> str:
@@ -78,6 +79,13 @@ class LoginFlow:
         scene = await self.scenes.create(account.name, self.policy.qr_expire_seconds, make_qr)
         self.metrics.scenes_created.labels(account.name).inc()
         return scene
+
+    async def limit_scenes(self, ip: str) -> None:
+        """New scenes of any door are limited per IP (429 past the limit)."""
+        await self.limiter.hit(
+            f"scenes:{ip}", limit=self.policy.scenes_per_minute_per_ip, window=60,
+            code="scene_rate_limited", what="new QR codes",
+        )  # fmt: skip
 
     async def state(self, scene_id: str, *, heard: str | None = None) -> dict[str, Any]:
         """What a waiting browser sees; the first reader of a ``REG`` scene gets the tokens.
@@ -124,7 +132,9 @@ class LoginFlow:
             claim = await self.scenes.claim(scene_id, family)
             if claim is None:
                 return None
-            pair = await self.tokens.issue(claim.user_id, new=claim.new, family=family)
+            pair = await self.tokens.issue(
+                claim.user_id, new=claim.new, family=family, amr=claim.provider
+            )
         except asyncio.CancelledError:  # no answer will carry the tokens
             self._undo_later(scene_id, family)
             raise
@@ -185,7 +195,7 @@ class LoginFlow:
 
     async def qr_url(self, scene_id: str) -> str:
         scene = await self.scenes.get(scene_id)
-        if scene is None:
+        if scene is None or not scene.qr_url:  # a redirect door's scene has no QR code
             raise NotFound("No such scene, or its QR code has expired.", code="scene_not_found")
         return scene.qr_url
 
@@ -194,32 +204,26 @@ class LoginFlow:
     async def on_scan(self, scan: Scan, once: Once) -> Claimed | Retried | None:
         """Resolve a login scan; answers the passive reply for the person in WeChat.
 
-        On the path from WeChat's callback to the browser's frame, so it costs one lookup of
-        the person (in place on SQLite) and one Redis round trip: the transition script
+        On the path from WeChat's callback to the browser's frame, so a known person costs
+        one lookup (in place on SQLite) and one Redis round trip: the transition script
         itself checks that the event is not a retry (claiming ``once``) and that the scene
-        exists, is this account's and is still waiting.
+        exists, is this account's and is still waiting. An unknown openid of an account
+        bound to an Open Platform account costs a ``user/info`` call too (its unionid may
+        be a person known through another door), bounded so the answer leaves in time.
         """
-        appid, account = scan.account.appid, scan.account.name
-        user_id = await self.people.user_id_of(appid, scan.openid)
-        new = False
-        if user_id is None and not self.policy.require_phone and not self.policy.login_only:
-            scene = await self.scenes.get(scan.scene_id)  # no one is created for a dead scene
-            if scene is None or scene.account != account or scene.status != "LOOP":
-                return None
-            user, new = await self.people.register_openid(appid, scan.openid)
-            user_id = user.id
-        status = "NOT_REG" if user_id is None else "REG"
-        moved = await self.scenes.mark_scanned(
-            scan.scene_id, account=account, openid=scan.openid, user_id=user_id, new=new,
-            once=once,
+        account = scan.account
+        person = Person(PROVIDER, account.appid)
+
+        async def unionid() -> str | None:
+            return unionid_of(await self.wechat[account.name].user_info(scan.openid))
+
+        moved = await self.arrival(
+            scan.scene_id, account=account.name, openid=scan.openid, person=person,
+            lookup=unionid if account.unionid else None, once=once,
         )  # fmt: skip
-        if isinstance(moved, Retried):
+        if moved is None or isinstance(moved, Retried):
             return moved
-        if not moved:  # unknown, expired, another account's, or already resolved
-            logger.info("scan changed nothing (account %s)", account)
-            return None
-        self.metrics.transitions.labels(status).inc()
-        if status == "NOT_REG":
+        if moved == "NOT_REG":
             return Claimed(self.policy.reply_finish_on_screen)
         return Claimed(self.policy.reply_logged_in)
 
@@ -248,12 +252,13 @@ class LoginFlow:
         await self.sms.check(phone, code, scope=scene_id)
         if scene.openid is None:  # pragma: no cover - NOT_REG always keeps the openid
             raise BadRequest("This login has no WeChat identity.", code="scene_state")
-        account = self.accounts[scene.account]
+        appid = scene.appid or self.accounts[scene.account].appid
         user, new = await self.people.bind_phone(
-            account.appid, scene.openid, phone,
+            appid, scene.openid, phone,
             link_by_phone=self.policy.link_by_phone, login_only=self.policy.login_only,
+            provider=scene.provider, unionid=scene.unionid,
         )  # fmt: skip
-        pair = await self._bound(scene_id, user.id, new)
+        pair = await self._bound(scene_id, user.id, new, scene.provider)
         # The scene is no longer NOT_REG, so the code (valid for this scene only) can prove
         # nothing any more: spending it now is tidiness, and a failure here costs no one.
         with suppress(RedisError, OSError):
@@ -261,12 +266,14 @@ class LoginFlow:
         self.metrics.transitions.labels("REG").inc()
         return {**status_body("REG"), **pair}
 
-    async def _bound(self, scene_id: str, user_id: str, new: bool) -> dict[str, Any]:
+    async def _bound(
+        self, scene_id: str, user_id: str, new: bool, amr: str = PROVIDER
+    ) -> dict[str, Any]:
         """Issue the tokens, then move the scene to ``REG`` claimed by them (as :meth:`_claim`,
         undone if anything stops it half-way)."""
         family = new_family()
         try:
-            pair = await self.tokens.issue(user_id, new=new, family=family)
+            pair = await self.tokens.issue(user_id, new=new, family=family, amr=amr)
             await self.scenes.mark_bound(scene_id, user_id=user_id, new=new, mark=family)
         except asyncio.CancelledError:
             self._undo_later(scene_id, family)
@@ -276,7 +283,12 @@ class LoginFlow:
             raise
         return pair
 
-    def _account(self, name: str | None) -> Account:
+    def account(self, name: str | None) -> Account:
+        """The service account ``name`` (default: the first one)."""
+        if not self.accounts:
+            raise BadRequest(
+                "The follow door is not configured on this server.", code="kind_unavailable"
+            )
         if name is None:
             return next(iter(self.accounts.values()))
         account = self.accounts.get(name)

@@ -25,13 +25,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from wxpush.callback.dedup import Once, Retried
 from wxpush.errors import Conflict, Gone, NotFound
 from wxpush.infra.pipeline import HotCommands, hot_commands
-from wxpush.login import messages
+from wxpush.login import messages, redirect_state
 from wxpush.login.states import Status
+from wxpush.people.schema import PROVIDER
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,13 @@ return 'OK'
 """
 
 # KEYS[1] scene; ARGV[1] the claim's mark (the family of the tokens it is for). Returns
-# {user_id, new} to the one caller that claims, else the status.
+# {user_id, new, provider} to the one caller that claims, else the status.
 _CLAIM = """
-local s = redis.call('HMGET', KEYS[1], 'status', 'claimed', 'user_id', 'new')
+local s = redis.call('HMGET', KEYS[1], 'status', 'claimed', 'user_id', 'new', 'provider')
 if s[1] ~= 'REG' then return s[1] or false end
 if s[2] == '1' then return 'CLAIMED' end
 redis.call('HSET', KEYS[1], 'claimed', '1', 'claim', ARGV[1])
-return {s[3], s[4]}
+return {s[3], s[4], s[5] or ''}
 """
 
 # KEYS[1] scene; ARGV[1] the mark of the claim to give back. Only that claim is undone (a
@@ -80,6 +81,11 @@ redis.call('HSET', KEYS[1], 'claimed', '0')
 redis.call('HDEL', KEYS[1], 'claim')
 return 1
 """
+
+
+Kind = Literal["follow", "website", "oauth"]
+KINDS: tuple[Kind, ...] = ("follow", "website", "oauth")
+MP = PROVIDER  # the service account's openids (the follow and oauth doors)
 
 
 def new_scene_id() -> str:
@@ -98,6 +104,11 @@ class Scene:
     user_id: str | None = None
     new: bool = False
     claimed: bool = False
+    kind: Kind = "follow"
+    provider: str = MP
+    appid: str | None = None  # the app the openid is of (kept with it, for the bind)
+    unionid: str | None = None
+    return_to: str | None = None
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
@@ -109,6 +120,7 @@ class Claim:
 
     user_id: str
     new: bool
+    provider: str = MP  # the door's provider, named in the token's ``amr``
 
 
 QRMaker = Callable[[str, int], Awaitable[str]]  # (scene_str, expire_seconds) -> QR url
@@ -141,6 +153,25 @@ class SceneStore:
             await pipe.execute()
         return Scene(scene_id, account, "LOOP", qr_url, expires_at)
 
+    async def create_redirect(
+        self, kind: Kind, account: str, ttl: int, return_to: str | None
+    ) -> tuple[Scene, str]:
+        """A scene of a redirect door and the one-time ``state`` bound to it (SPEC §13): the
+        scene id itself never goes into a URL given to WeChat."""
+        scene_id, state = new_scene_id(), redirect_state.new_state()
+        expires_at = self._clock() + ttl
+        fields = {"account": account, "kind": kind, "status": "LOOP",
+                  "expires_at": repr(expires_at), "claimed": "0"}  # fmt: skip
+        if return_to is not None:
+            fields["return_to"] = return_to
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(messages.key(scene_id), mapping=fields)
+            pipe.expire(messages.key(scene_id), ttl)
+            pipe.set(redirect_state.key(state), scene_id, ex=ttl)
+            await pipe.execute()
+        scene = Scene(scene_id, account, "LOOP", "", expires_at, kind=kind, return_to=return_to)
+        return scene, state
+
     async def get(self, scene_id: str) -> Scene | None:
         """The scene, or ``None`` when unknown or expired."""
         if not _plausible(scene_id):
@@ -159,19 +190,29 @@ class SceneStore:
             user_id=f.get("user_id") or None,
             new=f.get("new") == "1",
             claimed=f.get("claimed") == "1",
+            kind=_kind(f.get("kind")),
+            provider=f.get("provider") or MP,
+            appid=f.get("appid") or None,
+            unionid=f.get("unionid") or None,
+            return_to=f.get("return_to") or None,
         )
 
     async def mark_scanned(self, scene_id: str, *, account: str, openid: str,
                            user_id: str | None, new: bool = False,
-                           once: Once | None = None) -> bool | Retried:  # fmt: skip
+                           once: Once | None = None,
+                           person: Person | None = None) -> bool | Retried:  # fmt: skip
         """LOOP → REG (``user_id`` known) or NOT_REG (kept ``openid``). False unless the
         scene exists, belongs to ``account`` and is ``LOOP``. With ``once`` (the callback's
         de-dup key) the move also claims it, in the same script; :class:`Retried` when it
-        was claimed already (a retry of the event: nothing moves)."""
+        was claimed already (a retry of the event: nothing moves). ``person`` says whose
+        openid it is when it is not the scanned service account's (a redirect door) or has
+        a unionid: kept for the bind, and the provider for the token's ``amr``."""
+        fields = {"openid": openid}
+        if person is not None:
+            fields.update(person.fields())
         if user_id is None:
-            fields = {"openid": openid}
             return await self._transition(scene_id, "LOOP", "NOT_REG", account, fields, once)
-        fields = {"openid": openid, "user_id": user_id, "new": _flag(new)}
+        fields.update(user_id=user_id, new=_flag(new))
         return await self._transition(scene_id, "LOOP", "REG", account, fields, once)
 
     async def mark_bound(self, scene_id: str, *, user_id: str, new: bool, mark: str) -> None:
@@ -189,8 +230,8 @@ class SceneStore:
         """
         result = await self._claim(keys=[messages.key(scene_id)], args=[mark])
         if isinstance(result, list):
-            user_id, new = (v.decode() for v in result)
-            return Claim(user_id, new == "1")
+            user_id, new, provider = (v.decode() for v in result)
+            return Claim(user_id, new == "1", provider or MP)
         return None
 
     async def release(self, scene_id: str, mark: str) -> None:
@@ -225,6 +266,23 @@ class SceneStore:
         if isinstance(result, list):
             return Retried(result[1])
         return result == b"OK"
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Who a scene's openid belongs to, beyond the scene's own service account."""
+
+    provider: str
+    appid: str
+    unionid: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        found = {"provider": self.provider, "appid": self.appid}
+        return found if self.unionid is None else {**found, "unionid": self.unionid}
+
+
+def _kind(value: str | None) -> Kind:
+    return value if value in ("website", "oauth") else "follow"  # type: ignore[return-value]
 
 
 def _flag(value: bool) -> str:

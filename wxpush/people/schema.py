@@ -27,7 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-PROVIDER = "wechat_mp"
+PROVIDER = "wechat_mp"  # a service account's openid: the follow and oauth doors
+OPEN_PROVIDER = "wechat_open"  # an Open Platform website app's openid: the website door
 
 metadata = MetaData()
 
@@ -76,12 +77,14 @@ class User:
     identities: tuple[Identity, ...]
 
 
-def identity_row(user_id: str, appid: str, openid: str) -> dict[str, Any]:
+def identity_row(
+    user_id: str, appid: str, openid: str, provider: str = PROVIDER, unionid: str | None = None
+) -> dict[str, Any]:
     return {
-        "provider": PROVIDER,
+        "provider": provider,
         "appid": appid,
         "openid": openid,
-        "unionid": None,
+        "unionid": unionid,
         "user_id": user_id,
         "created_at": now(),
     }
@@ -94,9 +97,25 @@ OPENID_QUERY = select(identities.c.user_id).where(
 )
 
 
-async def user_id_by_openid(conn: AsyncConnection, appid: str, openid: str) -> str | None:
-    params = {"provider": PROVIDER, "appid": appid, "openid": openid}
+async def user_id_by_openid(
+    conn: AsyncConnection, appid: str, openid: str, provider: str = PROVIDER
+) -> str | None:
+    params = {"provider": provider, "appid": appid, "openid": openid}
     value: str | None = (await conn.execute(OPENID_QUERY, params)).scalar_one_or_none()
+    return value
+
+
+async def user_id_by_unionid(conn: AsyncConnection, unionid: str) -> str | None:
+    """The user one of whose identities carries ``unionid`` (WeChat's id of a person across
+    the apps of one Open Platform account); the oldest such identity's, should two users
+    ever hold it."""
+    query = (
+        select(identities.c.user_id)
+        .where(identities.c.unionid == unionid)
+        .order_by(identities.c.id)
+        .limit(1)
+    )
+    value: str | None = (await conn.execute(query)).scalar_one_or_none()
     return value
 
 

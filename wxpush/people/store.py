@@ -44,11 +44,13 @@ from wxpush.people.schema import (
     now,
     user_id_by_openid,
     user_id_by_phone,
+    user_id_by_unionid,
     users,
 )
 
 logger = logging.getLogger(__name__)
 
+_Key = tuple[str, str, str, str | None]  # appid, openid, provider, unionid
 _ATTEMPTS = 3  # one try, then re-read and resolve after losing a race (twice, to be safe)
 
 
@@ -86,46 +88,97 @@ class People:
         async with self._connect() as conn:
             return await load_user(conn, user_id)
 
-    async def find_by_openid(self, appid: str, openid: str) -> User | None:
+    async def find_by_openid(
+        self, appid: str, openid: str, provider: str = PROVIDER
+    ) -> User | None:
         """The user this WeChat openid logs in, or ``None`` for a person never seen."""
         async with self._connect() as conn:
-            user_id = await user_id_by_openid(conn, appid, openid)
+            user_id = await user_id_by_openid(conn, appid, openid, provider)
             return None if user_id is None else await load_user(conn, user_id)
 
-    async def user_id_of(self, appid: str, openid: str) -> str | None:
+    async def user_id_of(self, appid: str, openid: str, provider: str = PROVIDER) -> str | None:
         """Only the id of the user this openid logs in (one indexed read: the scan's path;
         on SQLite read in place, see :mod:`wxpush.infra.sqlite_read`)."""
         if self._quick is not None:
-            found = self._quick.one(provider=PROVIDER, appid=appid, openid=openid)
+            found = self._quick.one(provider=provider, appid=appid, openid=openid)
             if found is not UNKNOWN:
                 return found  # type: ignore[return-value]
         async with self._connect() as conn:
-            return await user_id_by_openid(conn, appid, openid)
+            return await user_id_by_openid(conn, appid, openid, provider)
+
+    async def resolve(
+        self, appid: str, openid: str, *, provider: str = PROVIDER, unionid: str | None = None
+    ) -> str | None:
+        """The user a person arriving through a door is (SPEC §12): by their openid; else,
+        with a ``unionid``, the user of any identity carrying it, this openid then linked to
+        them (no phone step); else ``None``, a person never seen."""
+        user_id = await self.user_id_of(appid, openid, provider)
+        if user_id is not None or unionid is None:
+            return user_id
+        return await self.link_unionid(appid, openid, provider=provider, unionid=unionid)
+
+    async def link_unionid(
+        self, appid: str, openid: str, *, provider: str, unionid: str
+    ) -> str | None:
+        """Link this openid to the user who already holds ``unionid``; ``None`` when no one
+        does. Two doors linking the same openid at once end with one identity: the insert
+        that loses to the unique constraint re-reads the winner's."""
+        for _ in range(_ATTEMPTS):
+            async with self._connect() as conn:
+                owner = await user_id_by_openid(conn, appid, openid, provider)
+                holder = owner or await user_id_by_unionid(conn, unionid)
+            if owner is not None or holder is None:
+                return holder
+            try:
+                await self._link(holder, appid, openid, provider=provider, unionid=unionid)
+            except IntegrityError:
+                continue
+            return holder
+        raise _busy()
+
+    async def remember_unionid(
+        self, appid: str, openid: str, *, provider: str, unionid: str
+    ) -> None:
+        """Keep the ``unionid`` WeChat gave for a known identity that had none, so that the
+        person's next door finds them by it."""
+        async with self._begin() as conn:
+            await conn.execute(
+                update(identities)
+                .where(
+                    identities.c.provider == provider,
+                    identities.c.appid == appid,
+                    identities.c.openid == openid,
+                    identities.c.unionid.is_(None),
+                )
+                .values(unionid=unionid)
+            )
 
     async def register_openid(
-        self, appid: str, openid: str, *, login_only: bool = False
-    ) -> tuple[User, bool]:
+        self, appid: str, openid: str, *, login_only: bool = False,
+        provider: str = PROVIDER, unionid: str | None = None,
+    ) -> tuple[User, bool]:  # fmt: skip
         """Log in an openid with no phone step (``WXPUSH_REQUIRE_PHONE=false``).
 
         Returns ``(user, created)``; a new person gets a user without a phone, unless
         ``login_only`` refuses new people (403, nothing created).
         """
         for attempt in range(_ATTEMPTS):
-            existing = await self.find_by_openid(appid, openid)
+            existing = await self.find_by_openid(appid, openid, provider)
             if existing is not None:
                 return existing, False
             if login_only:
                 raise _login_only()
             try:
-                return await self._create(appid, openid, None), True
+                return await self._create(appid, openid, None, provider, unionid), True
             except IntegrityError:  # the same openid registered concurrently: read theirs
                 if attempt == _ATTEMPTS - 1:
                     raise _busy() from None
         raise AssertionError("unreachable")
 
     async def bind_phone(
-        self, appid: str, openid: str, phone: str, *, link_by_phone: bool, login_only: bool
-    ) -> tuple[User, bool]:
+        self, appid: str, openid: str, phone: str, *, link_by_phone: bool, login_only: bool,
+        provider: str = PROVIDER, unionid: str | None = None,
+    ) -> tuple[User, bool]:  # fmt: skip
         """Tie a WeChat openid to a verified phone; return ``(user, created_new_user)``.
 
         The openid's own user wins (409 if it holds another phone); else an existing user with
@@ -135,7 +188,8 @@ class People:
         """
         for attempt in range(_ATTEMPTS):
             try:
-                return await self._bind_once(appid, openid, phone, link_by_phone, login_only)
+                key = (appid, openid, provider, unionid)
+                return await self._bind_once(key, phone, link_by_phone, login_only)
             except IntegrityError:
                 logger.debug("bind lost a race to a concurrent bind; resolving again")
                 if attempt == _ATTEMPTS - 1:
@@ -143,10 +197,11 @@ class People:
         raise AssertionError("unreachable")
 
     async def _bind_once(
-        self, appid: str, openid: str, phone: str, link_by_phone: bool, login_only: bool
+        self, key: _Key, phone: str, link_by_phone: bool, login_only: bool
     ) -> tuple[User, bool]:
+        appid, openid, provider, unionid = key
         async with self._connect() as conn:
-            owner_id = await user_id_by_openid(conn, appid, openid)
+            owner_id = await user_id_by_openid(conn, appid, openid, provider)
             owner = None if owner_id is None else await load_user(conn, owner_id)
             holder_id = await user_id_by_phone(conn, phone)
         if owner is not None:
@@ -160,25 +215,33 @@ class People:
         if holder_id is not None:
             if not link_by_phone:
                 raise _phone_taken()
-            return await self._link(holder_id, appid, openid), False
+            user = await self._link(holder_id, appid, openid, provider=provider, unionid=unionid)
+            return user, False
         if login_only:
             raise _login_only()
-        return await self._create(appid, openid, phone), True
+        return await self._create(appid, openid, phone, provider, unionid), True
 
-    async def _create(self, appid: str, openid: str, phone: str | None) -> User:
+    async def _create(
+        self, appid: str, openid: str, phone: str | None, provider: str = PROVIDER,
+        unionid: str | None = None,
+    ) -> User:  # fmt: skip
         stamp = now()
         user_id = uuid.uuid4().hex
+        row = identity_row(user_id, appid, openid, provider, unionid)
         async with self._begin() as conn:
             await conn.execute(
                 insert(users).values(id=user_id, phone=phone, created_at=stamp, updated_at=stamp)
             )
-            await conn.execute(insert(identities).values(identity_row(user_id, appid, openid)))
-        identity = Identity(PROVIDER, appid, openid, None)
+            await conn.execute(insert(identities).values(row))
+        identity = Identity(provider, appid, openid, unionid)
         return User(user_id, phone, stamp, (identity,))
 
-    async def _link(self, user_id: str, appid: str, openid: str) -> User:
+    async def _link(
+        self, user_id: str, appid: str, openid: str, *, provider: str, unionid: str | None
+    ) -> User:
+        row = identity_row(user_id, appid, openid, provider, unionid)
         async with self._begin() as conn:
-            await conn.execute(insert(identities).values(identity_row(user_id, appid, openid)))
+            await conn.execute(insert(identities).values(row))
             await conn.execute(update(users).where(users.c.id == user_id).values(updated_at=now()))
             user = await load_user(conn, user_id)
         assert user is not None, "a linked user exists: users are never deleted"

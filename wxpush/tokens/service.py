@@ -44,10 +44,10 @@ _REQUIRED = ["exp", "iat", "sub", "iss", "aud", "jti"]
 _RT_KEYS = "wxpush:rt:"
 _RTF_KEYS = "wxpush:rtf:"
 
-# KEYS: the new token, its family set. ARGV: the token's hash, family, user, ttl. A login's
-# first refresh token, in one round trip on the hot path (a REG frame waits for it).
+# KEYS: the new token, its family set. ARGV: the token's hash, family, user, ttl, amr. A
+# login's first refresh token, in one round trip on the hot path (a REG frame waits for it).
 _ISSUE = """
-redis.call('HSET', KEYS[1], 'family', ARGV[2], 'user', ARGV[3], 'state', 'live')
+redis.call('HSET', KEYS[1], 'family', ARGV[2], 'user', ARGV[3], 'state', 'live', 'amr', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -64,13 +64,14 @@ if state ~= 'live' then
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'invalid'} end
 local user = redis.call('HGET', KEYS[1], 'user')
+local amr = redis.call('HGET', KEYS[1], 'amr') or ''
 redis.call('HSET', KEYS[1], 'state', 'spent')
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], 'family', ARGV[3], 'user', user, 'state', 'live')
+redis.call('HSET', KEYS[3], 'family', ARGV[3], 'user', user, 'state', 'live', 'amr', amr)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {'ok', user}
+return {'ok', user, amr}
 """
 
 
@@ -111,19 +112,23 @@ class TokenService:
     def jwks(self) -> dict[str, Any]:
         return self.signer.jwks()
 
-    async def issue(self, user_id: str, *, new: bool, family: str | None = None) -> dict[str, Any]:
+    async def issue(
+        self, user_id: str, *, new: bool, family: str | None = None, amr: str = AMR[0]
+    ) -> dict[str, Any]:
         """Start a login: an access token and the first refresh token of a new family.
 
         ``family`` (from :func:`new_family`) is for a caller that must be able to revoke the
         login before it knows whether this call went through (:meth:`revoke_family`).
+        ``amr`` names the door (SPEC §12: ``wechat_mp``, ``wechat_open``); the family's
+        refreshed tokens keep it.
         """
         refresh_token = secrets.token_urlsafe(32)
         family = family or new_family()
         digest = _digest(refresh_token)
         ttl = self._policy.refresh_ttl
         keys = [_token_key(digest), _family_key(family)]
-        await self._issue(keys=keys, args=[digest, family, user_id, ttl])
-        return self._pair(user_id, refresh_token, new=new)
+        await self._issue(keys=keys, args=[digest, family, user_id, ttl, amr])
+        return self._pair(user_id, refresh_token, new=new, amr=amr)
 
     async def refresh(self, refresh_token: str) -> dict[str, Any]:
         """Spend ``refresh_token`` and return a new pair of the same family.
@@ -150,7 +155,8 @@ class TokenService:
             )
         if outcome != "ok":
             raise _invalid_refresh()
-        return self._pair(_text(result[1]), new_token, new=False)
+        amr = _text(result[2]) if len(result) > 2 and result[2] else AMR[0]
+        return self._pair(_text(result[1]), new_token, new=False, amr=amr)
 
     async def logout(self, refresh_token: str) -> None:
         """Revoke the family of ``refresh_token``; an unknown token is not an error."""
@@ -201,16 +207,16 @@ class TokenService:
             raise jwt.InvalidTokenError("amr must be a list of strings")
         return Claims(payload["sub"], payload["jti"], iat, exp, tuple(amr))
 
-    def _pair(self, user_id: str, refresh_token: str, *, new: bool) -> dict[str, Any]:
+    def _pair(self, user_id: str, refresh_token: str, *, new: bool, amr: str) -> dict[str, Any]:
         return {
-            "access_token": self._access_token(user_id),
+            "access_token": self._access_token(user_id, amr),
             "token_type": "Bearer",
             "expires_in": self._policy.access_ttl,
             "refresh_token": refresh_token,
             "user": {"id": user_id, "new": new},
         }
 
-    def _access_token(self, user_id: str) -> str:
+    def _access_token(self, user_id: str, amr: str) -> str:
         now = int(self._clock())
         payload = {
             "iss": self._policy.issuer,
@@ -219,7 +225,7 @@ class TokenService:
             "iat": now,
             "exp": now + self._policy.access_ttl,
             "jti": secrets.token_urlsafe(16),
-            "amr": list(AMR),
+            "amr": [amr],
         }
         return self.signer.sign(payload)
 

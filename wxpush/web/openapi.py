@@ -41,8 +41,25 @@ _STR = {"type": "string"}
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/scenes": {
         "post": {
-            "summary": "Start a login: a scene with its WeChat QR code",
-            "requestBody": _body({"account": _STR}, []),
+            "summary": "Start a login through one of WeChat's doors (a scene)",
+            "description": (
+                "kind follow (default): the service account's QR code; website: the Open "
+                "Platform's QR code through WxLogin.js; oauth: a page opened inside WeChat "
+                "goes to authorize_url. The redirect doors' scenes live at most 600 s. Errors: "
+                "bad_kind, kind_unavailable, unknown_account, bad_return_to."
+            ),
+            "requestBody": _body(
+                {
+                    "account": {**_STR, "description": "the service account or website app"},
+                    "kind": {"type": "string", "enum": ["follow", "website", "oauth"]},
+                    "return_to": {
+                        **_STR,
+                        "description": "redirect doors: where the person is sent back (an "
+                        "URL on an allowed origin); the widget there resumes the scene",
+                    },
+                },
+                [],
+            ),
             "responses": {
                 "201": _json({"$ref": "#/components/schemas/NewScene"}, "Created"),
                 **_errors(400, 408, 413, 429, 502),
@@ -161,6 +178,34 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": {"description": "Text format", "content": {"text/plain": {}}}},
         }
     },
+    "/wechat/{name}/oauth/redirect": {
+        "get": {
+            "summary": "Where WeChat sends the browser back from a redirect door",
+            "description": (
+                "Consumes the one-time state, exchanges the code and moves the scene as a "
+                "scan does. Answers an HTML page in words (zh/en by Accept-Language), or 303 "
+                "to the scene's return_to. Failures are pages: 400 state_invalid, declined, "
+                "snapshot_user, invalid_code; 502 WeChat's errcode; 503."
+            ),
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": _STR},
+                {"name": "code", "in": "query", "required": False, "schema": _STR},
+                {"name": "state", "in": "query", "required": True, "schema": _STR},
+            ],
+            "responses": {
+                "200": {"description": "Logged in (a page)", "content": {"text/html": {}}},
+                "303": {"description": "Logged in: back to return_to"},
+                **{
+                    s: {"description": d, "content": {"text/html": {}}}
+                    for s, d in (
+                        ("400", "Refused (a page)"),
+                        ("502", "WeChat refused"),
+                        ("503", "Redis or the database is down"),
+                    )
+                },
+            },
+        }
+    },
     "/wechat/{account}/callback": {
         "parameters": [{"name": "account", "in": "path", "required": True, "schema": _STR}],
         "get": {
@@ -182,8 +227,13 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "message"],
               "properties": {"error": _STR, "message": _STR}},
     "NewScene": {"type": "object", "properties": {
-        "scene": _STR, "status": _STATUS, "code": {"type": "integer"}, "qr_url": _STR,
-        "qr_image": _STR, "expires_in": {"type": "integer"}, "expires_at": _STR,
+        "scene": _STR, "status": _STATUS, "code": {"type": "integer"},
+        "kind": {"type": "string", "enum": ["follow", "website", "oauth"]}, "qr_url": _STR,
+        "qr_image": _STR, "authorize_url": _STR, "wxlogin_script": _STR,
+        "wxlogin": {"type": "object", "properties": {
+            "appid": _STR, "scope": _STR, "redirect_uri": _STR, "state": _STR,
+            "self_redirect": {"type": "boolean"}}},
+        "expires_in": {"type": "integer"}, "expires_at": _STR,
         "ws_url": _STR, "wait_url": _STR}},
     "SceneState": {"type": "object", "required": ["status", "code"], "properties": {
         "status": _STATUS, "code": {"type": "integer"}, "claimed": {"type": "boolean"},
@@ -206,7 +256,8 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "wxpush", "version": __version__,
-                 "description": "WeChat service-account QR login with instant push."},
+                 "description": "WeChat login (service-account QR, website QR, in-WeChat) "
+                                "with instant push."},
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,

@@ -53,3 +53,26 @@ def own(settings: Settings, scope: Scope) -> set[str]:
         if address.is_loopback:
             return {text(scheme, host, port), text(scheme, "localhost", port)}
     return {text(scheme, host, port)}
+
+
+def allowed_return(settings: Settings, url: str, scope: Scope) -> bool:
+    """May a redirect door send the person back to ``url`` (a scene's ``return_to``)? An
+    absolute http(s) URL without credentials, on an allowed origin or the server's own: the
+    server never redirects anywhere else (no open redirect)."""
+    if len(url) > MAX_RETURN_TO or not url.isprintable() or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return False
+    if "*" in settings.allowed_origins:
+        return True
+    origin = canonical(f"{parts.scheme}://{parts.netloc}")
+    return origin is not None and (
+        origin in settings.allowed_origins or origin in own(settings, scope)
+    )
+
+
+MAX_RETURN_TO = 2048

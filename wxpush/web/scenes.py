@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import time
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +17,10 @@ from starlette.responses import JSONResponse, Response
 from wxpush.errors import BadRequest
 from wxpush.infra.metrics import Metrics
 from wxpush.login import messages
+from wxpush.login.doors import Doors
 from wxpush.login.flow import LoginFlow
 from wxpush.login.waiting import watch
+from wxpush.web.origins import allowed_return
 from wxpush.web.requests import client_ip, read_json, text_field
 
 QR_CACHE = "private, max-age=60"
@@ -37,21 +40,38 @@ def base_url(request: Request) -> str:
 async def create(request: Request) -> JSONResponse:
     data = await read_json(request, required=False)
     account = text_field(data, "account", optional=True)
-    scene = await _flow(request).create(account, ip=client_ip(request))
+    kind = text_field(data, "kind", optional=True)
+    return_to = text_field(data, "return_to", optional=True)
+    if return_to is not None and not allowed_return(
+        request.state.settings, return_to, request.scope
+    ):
+        raise BadRequest(
+            "return_to must be an http(s) URL on an allowed origin.", code="bad_return_to"
+        )
     base = base_url(request)
+    doors: Doors = request.state.doors
+    started = await doors.start(
+        kind, account, ip=client_ip(request), base_url=base, return_to=return_to
+    )
+    scene = started.scene
     api = f"{base}/api/v1/scenes/{scene.id}"
     ws_base = "wss://" + base[8:] if base.startswith("https://") else "ws://" + base[7:]
     body: dict[str, Any] = {
         "scene": scene.id,
         "status": "LOOP",
         "code": 2,
-        "qr_url": scene.qr_url,
-        "qr_image": f"{api}/qr.svg",
-        "expires_in": request.state.settings.qr_expire_seconds,
+        "kind": scene.kind,
+        "expires_in": max(0, round(scene.expires_at - time.time())),
         "expires_at": datetime.fromtimestamp(scene.expires_at, UTC).isoformat(),
         "ws_url": f"{ws_base}/ws/v1/scenes/{scene.id}",
         "wait_url": f"{api}/wait",
     }
+    if scene.kind == "follow":
+        body.update(qr_url=scene.qr_url, qr_image=f"{api}/qr.svg")
+    else:
+        body["authorize_url"] = started.authorize_url
+    if started.wxlogin is not None:
+        body.update(wxlogin=started.wxlogin, wxlogin_script=started.wxlogin_script)
     return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
 
 
