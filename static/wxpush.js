@@ -44,6 +44,7 @@ const TEXT = {
     notRegTap: "Almost done: enter your phone number to finish logging in.",
     scriptFailed: "WeChat's login QR code could not be loaded; try a new one.",
     badDoor: "This page asks for a way of logging in that the widget does not know.",
+    retry: "Try again",
     errors: {
       kind_unavailable: "This way of logging in with WeChat is not set up on this server.",
       bad_kind: "This server does not offer this way of logging in with WeChat.",
@@ -83,6 +84,7 @@ const TEXT = {
     notRegTap: "还差一步：请输入手机号完成登录。",
     scriptFailed: "无法加载微信登录二维码，请换一个试试。",
     badDoor: "此页面要求的登录方式本组件不认识。",
+    retry: "重试",
     errors: {
       kind_unavailable: "此服务器没有开通这种微信登录方式。",
       bad_kind: "此服务器不支持这种微信登录方式。",
@@ -141,7 +143,8 @@ class Widget {
       text: t.wechatLogin, disabled: true });
     this.loginBtn.addEventListener("click", () => this.leaveForWeChat());
     this.countdown = h("p", { "data-wxpush": "countdown", class: "wxpush-countdown" });
-    this.refreshBtn = h("button", { type: "button", "data-wxpush": "refresh", text: t.refresh });
+    this.refreshBtn = h("button", { type: "button", "data-wxpush": "refresh",
+      text: this.door === "oauth" ? t.retry : t.refresh });
     this.refreshBtn.addEventListener("click", () => this.start());
     const way = { follow: this.link, website: this.wxlogin, oauth: this.loginBtn }[this.door];
     this.qrBox = h("div", { class: "wxpush-qr" }, way ? [way, this.countdown, this.refreshBtn] : []);
