@@ -48,7 +48,7 @@ const TEXT = {
     errors: {
       kind_unavailable: "This way of logging in with WeChat is not set up on this server.",
       bad_kind: "This server does not offer this way of logging in with WeChat.",
-      bad_return_to: "WeChat cannot send you back to this page: its address is not allowed by the login server.",
+      bad_return_to: "WeChat cannot send you back here: the login server does not allow this page.",
     },
   },
   zh: {
@@ -214,7 +214,11 @@ class Widget {
 
   // A scene kept across the in-WeChat door's round trip is picked up again; else a new one.
   begin() {
-    if (!this.door) { this.fail(this.t.badDoor); this.report({ error: "bad_door", message: this.t.badDoor }); return; }
+    if (!this.door) {
+      this.fail(this.t.badDoor);
+      this.report({ error: "bad_door", message: this.t.badDoor });
+      return;
+    }
     const kept = recall(this.base);
     if (kept) this.resume(kept);
     else this.start();
@@ -260,7 +264,8 @@ class Widget {
     this.say(this.door === "oauth" ? this.t.preparing : this.t.loading);
     let answer;
     try {
-      answer = await this.api("/api/v1/scenes", { method: "POST", body: JSON.stringify(this.sceneRequest()) });
+      const body = JSON.stringify(this.sceneRequest());
+      answer = await this.api("/api/v1/scenes", { method: "POST", body });
     } catch (err) {
       answer = { res: null, data: { message: this.t.failed } };
     }
