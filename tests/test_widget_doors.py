@@ -23,7 +23,7 @@ import pytest
 from playwright import sync_api
 
 from tests.procs import ServerProcess, run_demo
-from tests.test_widget import ARGS, CHROMIUM, LOGGED_IN, MS, scan_known
+from tests.test_widget import ARGS, CHROMIUM, LOGGED_IN, MS, scan_known, shot
 from tests.util import TIMEOUT
 
 STORED = "wxpush:scene"  # where the widget keeps the in-WeChat door's scene
@@ -156,6 +156,8 @@ def website_user(demo: str, browser: sync_api.Browser) -> dict[str, str]:
             "Scan with WeChat and confirm on your phone."
         )
         sync_api.expect(page.locator('[data-wxpush="countdown"]')).to_contain_text("valid for")
+        page.frame_locator(WXLOGIN_FRAME).locator('[data-sandbox="connect-qr"] svg').wait_for()
+        shot(page, "6-website-qr")
         assert page.locator('[data-wxpush="qr"]').count() == 0
         assert page.locator(BUTTON).count() == 0
 
@@ -256,6 +258,7 @@ def test_in_wechat_door_leaves_for_consent_and_resumes(
         sync_api.expect(page.locator(STATUS)).to_have_text("Tap the button to log in with WeChat.")
         assert page.locator('[data-wxpush="qr"]').count() == 0
         sync_api.expect(page.locator('[data-wxpush="refresh"]')).to_be_hidden()
+        shot(page, "7-in-wechat-button")
 
         button.click()
         page.wait_for_url(re.compile(re.escape(demo) + r"/sandbox/connect/oauth2/authorize\?"))
