@@ -10,7 +10,10 @@ from pathlib import Path
 
 import jwt
 
+from tests import fakewechat
 from tests.util import free_port
+
+fake_wechat = fakewechat.fake_wechat
 
 
 def wxpush(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -84,3 +87,24 @@ def test_serve_refuses_a_keep_alive_out_of_range(tmp_path: Path) -> None:
         done = wxpush("serve", "--keep-alive", bad, cwd=tmp_path)
         assert done.returncode == 2
         assert f"--keep-alive: '{bad}': give whole seconds, from 1 to 3600" in done.stderr
+
+
+def test_check_reaches_each_website_app(tmp_path: Path, fake_wechat: fakewechat.FakeWeChat) -> None:
+    env = {
+        "WXPUSH_APPID": fake_wechat.appid, "WXPUSH_APPSECRET": fake_wechat.secret,
+        "WXPUSH_TOKEN": "tok123", "WXPUSH_WECHAT_API_BASE": fake_wechat.url,
+        "WXPUSH_WEBSITE_APPID": fake_wechat.website_appid,
+        "WXPUSH_WEBSITE_SECRET": fake_wechat.website_secret,
+    }  # fmt: skip
+    done = wxpush("check", cwd=tmp_path, **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "settings: ok (1 account(s): default; 1 website app(s): website)"
+    assert lines[-1] == "wechat website app (website): ok"
+    assert fake_wechat.calls["/sns/oauth2/access_token"] == 1
+    wrong = wxpush("check", cwd=tmp_path, **{**env, "WXPUSH_WEBSITE_SECRET": "not-the-secret"})
+    assert wrong.returncode == 1
+    assert wrong.stdout.strip().splitlines()[-1] == (
+        "wechat website app (website): failed — WeChat: the appsecret is invalid (errcode 40125)"
+    )
+    assert "not-the-secret" not in wrong.stdout + wrong.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -11,6 +12,7 @@ import pytest
 
 from tests.procs import run_demo
 from tests.util import TIMEOUT
+from wxpush.sandbox.demo import DEMO_APPID, DEMO_WEBSITE_APPID, demo_settings
 
 PHONE = "13900139000"
 
@@ -56,3 +58,37 @@ def test_demo_login_over_http(demo: str) -> None:
         assert tokens["status"] == "REG" and tokens["user"]["new"] is True
         me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
         assert me.status_code == 200, me.text
+
+
+def test_demo_settings_have_every_door(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's service account and sandbox website app, bound to one Open Platform
+    account, with WeChat's API and OAuth screens both on the demo's own /sandbox."""
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in [n for n in os.environ if n.startswith("WXPUSH_")]:
+        monkeypatch.delenv(name)
+    settings = demo_settings("0.0.0.0", 8123)
+    assert (
+        settings.wechat_api_base
+        == settings.wechat_connect_base
+        == ("http://127.0.0.1:8123/sandbox")
+    )
+    assert [w.appid for w in settings.websites.values()] == [DEMO_WEBSITE_APPID]
+    assert settings.unionid and all(a.unionid for a in settings.accounts.values())
+    again = demo_settings("127.0.0.1", 8123)
+    assert again.websites["website"].secret != settings.websites["website"].secret
+
+
+def test_demo_shows_wechats_oauth_screens(demo: str) -> None:
+    back = {"redirect_uri": demo + "/healthz", "state": "abc", "response_type": "code"}
+    with httpx.Client(base_url=demo + "/sandbox/connect", timeout=TIMEOUT) as client:
+        qr = client.get("/qrconnect", params={"appid": DEMO_WEBSITE_APPID,
+                                              "scope": "snsapi_login", **back})  # fmt: skip
+        assert qr.status_code == 200 and 'data-sandbox="connect-qr"' in qr.text
+        params = {"appid": DEMO_APPID, "scope": "snsapi_base", **back}
+        consent = client.get("/oauth2/authorize", params=params)
+        assert consent.status_code == 200 and 'data-sandbox="continue"' in consent.text
+        form = {**params, "person": "oSandboxAlice000000000000001", "action": "continue"}
+        went = client.post("/oauth2/authorize", data=form)
+        assert went.status_code == 302
+        assert went.headers["location"].startswith(demo + "/healthz?code=")
+        assert client.get("/wxLogin.js").status_code == 200

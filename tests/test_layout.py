@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "config": {"infra", "config"},
 }
-EDGES = ("app", "lifespan", "cli", "server", "web", "sandbox", "__main__", "__init__")
+EDGES = ("app", "lifespan", "cli", "checks", "server", "web", "sandbox", "__main__", "__init__")
 MAX_LINES = 320
 
 

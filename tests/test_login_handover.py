@@ -37,6 +37,7 @@ from wxpush.config.settings import Settings
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.ratelimit import RateLimiter
 from wxpush.infra.sql import open_engine
+from wxpush.login.arrival import Arrival
 from wxpush.login.flow import LoginFlow
 from wxpush.login.scenes import SceneStore
 from wxpush.people.store import People
@@ -323,11 +324,13 @@ async def flow(redis_url: str, tmp_path: Path) -> Any:
     client = Redis.from_url(redis_url)
     engine = open_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
     people = People(engine)
+    scenes, metrics = SceneStore(client), Metrics()
     yield LoginFlow(
-        policy=settings.login_policy(), accounts=settings.accounts, scenes=SceneStore(client),
+        policy=settings.login_policy(), accounts=settings.accounts, scenes=scenes,
         people=people, tokens=TokenService(settings.token_policy(), client),
         sms=SmsCodes(settings.sms_policy(), client, ConsoleProvider(client)), wechat={},
-        limiter=RateLimiter(client), metrics=Metrics(),
+        limiter=RateLimiter(client), metrics=metrics,
+        arrival=Arrival(settings.login_policy(), scenes, people, metrics),
     )  # fmt: skip
     people.close()
     await engine.dispose()

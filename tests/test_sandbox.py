@@ -206,7 +206,10 @@ def test_phone_page_and_sms_bad_input(client: httpx.Client) -> None:
 def test_sandbox_absent_unless_enabled(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
     with serve(create_app(_settings(port, tmp_path, redis_url, sandbox=False)), port) as base:
-        for path in ("/sandbox/phone?ticket=x", "/sandbox/cgi-bin/token", "/sandbox/phone/sms"):
+        paths = ("/sandbox/phone?ticket=x", "/sandbox/cgi-bin/token", "/sandbox/phone/sms",
+                 "/sandbox/sns/oauth2/access_token", "/sandbox/connect/qrconnect",
+                 "/sandbox/connect/wxLogin.js", "/sandbox/connect/oauth2/authorize")  # fmt: skip
+        for path in paths:
             answer = httpx.get(base + path, timeout=TIMEOUT)
             assert answer.status_code == 404, path
             assert answer.json()["error"] == "not_found"

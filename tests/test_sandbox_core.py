@@ -278,7 +278,7 @@ def sandbox_api(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, str, str]
 
 @pytest.fixture
 def fake_api() -> Iterator[tuple[str, str, str]]:
-    with FakeWeChat(appid=APPID, secret=SECRET).running() as fake:
+    with FakeWeChat(appid=APPID, secret=SECRET, sandbox_unionids=True).running() as fake:
         yield fake.url, APPID, SECRET
 
 

@@ -6,22 +6,17 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import httpx
-
-from wxpush import __version__
+from wxpush import __version__, checks
 from wxpush.clients.wechat import WeChatAPI
 from wxpush.config.accounts import Account
 from wxpush.config.settings import Settings, port_from_env
-from wxpush.errors import SettingsError, WxpushError
-from wxpush.infra.redis_client import open_redis
+from wxpush.errors import SettingsError, Unavailable, WxpushError
 from wxpush.infra.sql import open_engine
 from wxpush.lifespan import quiet_secret_loggers
-from wxpush.people.store import People
+from wxpush.people.migrate import refuse_newer
 from wxpush.server import (
     KEEP_ALIVE,
     MAX_KEEP_ALIVE,
@@ -116,6 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.workers > 1 and settings.embedded_redis:
         raise SettingsError("WXPUSH_REDIS_URL", "required to run more than one worker")
+    asyncio.run(_refuse_a_newer_database(settings.database_url))
     uvicorn.run(
         "wxpush.app:create_app",
         factory=True,
@@ -130,6 +126,19 @@ def _serve(args: argparse.Namespace) -> int:
         **websocket_options(args.ws_ping_interval),
     )
     return 0
+
+
+async def _refuse_a_newer_database(url: str) -> None:
+    """A database at a schema version newer than this wxpush stops ``serve`` here, in its
+    one line, before any worker starts (each worker's start-up would refuse it too, inside a
+    traceback). A database that is down is left to the workers' start-up, as before."""
+    engine = open_engine(url)
+    try:
+        await refuse_newer(engine)
+    except Unavailable:
+        pass
+    finally:
+        await engine.dispose()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -173,47 +182,11 @@ def _check(args: argparse.Namespace) -> int:
         print(f"settings: failed — {exc}")
         return 1
     names = ", ".join(settings.accounts)
-    print(f"settings: ok ({len(settings.accounts)} account(s): {names})")
-    return asyncio.run(_check_services(settings))
-
-
-async def _check_services(settings: Settings) -> int:
-    failures = 0
-    async with _clients(settings) as (redis, http):
-        try:
-            await asyncio.wait_for(redis.ping(), timeout=3)
-            where = "embedded, single process" if settings.embedded_redis else "reachable"
-            print(f"redis: ok ({where})")
-        except Exception as exc:
-            print(f"redis: failed — {type(exc).__name__}: {exc}")
-            return 1
-        failures += await _check_database(settings.database_url)
-        for account in settings.accounts.values():
-            api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
-            try:
-                await api.access_token()
-                print(f"wechat token ({account.name}): ok")
-            except WxpushError as exc:
-                failures += 1
-                print(f"wechat token ({account.name}): failed — {exc.message}")
-    return 1 if failures else 0
-
-
-async def _check_database(url: str) -> int:
-    """``database: ok (<kind>)`` when a query answers, else the failure in words (1)."""
-    engine = open_engine(url)
-    people = People(engine)
-    kind = engine.dialect.name
-    try:
-        await people.ping(timeout=3)
-        print(f"database: ok ({kind})")
-        return 0
-    except WxpushError as exc:
-        print(f"database: failed — {exc.message}")
-        return 1
-    finally:
-        people.close()
-        await engine.dispose()
+    apps = f"{len(settings.accounts)} account(s): {names}" if settings.accounts else "no account"
+    if settings.websites:
+        apps += f"; {len(settings.websites)} website app(s): {', '.join(settings.websites)}"
+    print(f"settings: ok ({apps})")
+    return asyncio.run(checks.services(settings))
 
 
 # -- menu -----------------------------------------------------------------------------------
@@ -253,7 +226,7 @@ def _with_api(args: argparse.Namespace, run: Callable[[WeChatAPI], Awaitable[Non
     account = _pick_account(settings, args.account)
 
     async def go() -> int:
-        async with _clients(settings) as (redis, http):
+        async with checks.clients(settings) as (redis, http):
             api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
             try:
                 await run(api)
@@ -271,14 +244,3 @@ def _pick_account(settings: Settings, name: str | None) -> Account:
     if name not in settings.accounts:
         raise SettingsError("--account", f"no account named {name!r}")
     return settings.accounts[name]
-
-
-@asynccontextmanager
-async def _clients(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    redis = open_redis(settings.redis_url, connections=settings.redis_connections)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
-    try:
-        yield redis, http
-    finally:
-        await http.aclose()
-        await redis.aclose()

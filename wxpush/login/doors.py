@@ -46,6 +46,14 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class Redirected:
+    """Where a redirect left its scene, and where to send the person (``None``: a page)."""
+
+    status: str
+    return_to: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Doors:
     """Scenes of every kind, and the redirect that ends the ``website`` and ``oauth`` doors."""
 
@@ -82,9 +90,9 @@ class Doors:
         options = wxlogin_options(appid, redirect_uri, state)
         return Started(scene, started.authorize_url, options, wxlogin_script(self.connect_base))
 
-    async def redirected(self, name: str, code: str | None, state: str) -> str | None:
+    async def redirected(self, name: str, code: str | None, state: str) -> Redirected:
         """WeChat's redirect back to ``/wechat/{name}/oauth/redirect``: the person arrives at
-        their scene. Returns the scene's ``return_to`` (``None``: answer a page).
+        their scene, which is now ``REG`` or ``NOT_REG``.
 
         Raises:
             BadRequest: ``state_invalid`` (unknown, used or expired state, or another app's),
@@ -99,13 +107,13 @@ class Doors:
                 await self.states.give_back(state, scene_id)  # not this app's to spend
             raise BadRequest("This login link is unknown, used or expired.", code="state_invalid")
         try:
-            await self._arrive(scene, code)
+            status = await self._arrive(scene, code)
         except BaseException:
             await self.states.give_back(state, scene.id)
             raise
-        return scene.return_to
+        return Redirected(status, scene.return_to)
 
-    async def _arrive(self, scene: Scene, code: str | None) -> None:
+    async def _arrive(self, scene: Scene, code: str | None) -> str:
         if not code:
             raise BadRequest("The WeChat login was declined.", code="declined")
         if not _CODE.fullmatch(code):
@@ -138,6 +146,7 @@ class Doors:
             raise BadRequest("This login link is unknown, used or expired.", code="state_invalid")
         if grant.unionid is not None and moved == "REG":
             await self._remember(person, grant.openid)
+        return str(moved)
 
     async def _remember(self, person: Person, openid: str) -> None:
         assert person.unionid is not None

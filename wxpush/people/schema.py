@@ -2,7 +2,11 @@
 
 ``users``: a uuid4-hex id, a phone in E.164 that is unique but may be NULL (people
 registered without one). ``identities``: one WeChat openid of one appid, unique together,
-pointing at its user, with the person's unionid when WeChat gave one.
+pointing at its user, with the person's unionid when WeChat gave one (indexed: a person is
+found by unionid among all identities, SPEC §12).
+
+These are the tables at the latest schema version; :mod:`wxpush.people.migrate` brings an
+older database here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -55,6 +60,9 @@ identities = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("provider", "appid", "openid", name="uq_identities_provider_appid_openid"),
 )
+
+# Schema version 2: most identities have no unionid, but a person is looked up by one.
+unionid_index = Index("ix_identities_unionid", identities.c.unionid)
 
 
 @dataclass(frozen=True, slots=True)

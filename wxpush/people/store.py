@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from wxpush.errors import Conflict, Forbidden
 from wxpush.infra.sql import guarded, unavailable
 from wxpush.infra.sqlite_read import UNKNOWN, SqliteReader
+from wxpush.people.migrate import upgrade
 from wxpush.people.schema import (
     OPENID_QUERY,
     PROVIDER,
@@ -40,7 +41,6 @@ from wxpush.people.schema import (
     identities,
     identity_row,
     load_user,
-    metadata,
     now,
     user_id_by_openid,
     user_id_by_phone,
@@ -67,9 +67,9 @@ class People:
             self._quick.close()
 
     async def create_schema(self) -> None:
-        """Create the tables when missing (idempotent; run on every start-up)."""
-        async with self._begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Bring the tables to the latest schema version, creating them when missing
+        (idempotent; run on every start-up, see :mod:`wxpush.people.migrate`)."""
+        await upgrade(self._engine)
 
     async def ping(self, *, timeout: float = 1.0) -> None:  # noqa: ASYNC109 - readiness's own budget
         """Readiness: a trivial query answers within ``timeout`` s, else a 503.

@@ -4,8 +4,10 @@
 uses (:mod:`wxpush.sandbox.wechatapi`, the same core the test fake runs, served by
 :mod:`wxpush.sandbox.platform`) and a phone page that plays the person scanning the QR code
 (:mod:`wxpush.sandbox.phone`, which sends the callback as WeChat would, built by
-:mod:`wxpush.sandbox.wire`). Point ``WXPUSH_WECHAT_API_BASE`` at ``{server}/sandbox``
-and the server logs people in without a WeChat account.
+:mod:`wxpush.sandbox.wire`), and WeChat's OAuth screens: the website QR code and the
+consent inside WeChat (:mod:`wxpush.sandbox.connect`). Point ``WXPUSH_WECHAT_API_BASE`` and
+``WXPUSH_WECHAT_CONNECT_BASE`` at ``{server}/sandbox`` and the server logs people in through
+every door without a WeChat account.
 
 The sandbox keeps its state (access tokens, tickets → ``scene_str``, menus) in the server's
 own Redis (``request.state.redis``), under ``wxpush:sandbox:*``, so it works on the embedded
@@ -27,12 +29,19 @@ def mount() -> Mount:
     The phone (and the SMS and people modules it reaches) is imported here, not with the
     package, so the test fake and ``tests/wire.py`` load only the core and the wire builder.
     """
-    from wxpush.sandbox import phone, platform
+    from wxpush.sandbox import connect, phone, platform
 
     routes: list[BaseRoute] = [
         *platform.sandbox_routes(),
         Route("/phone", phone.page, methods=["GET"]),
         Route("/phone/scan", phone.scan, methods=["POST"]),
         Route("/phone/sms", phone.sms, methods=["GET"]),
+        Route("/phone/connect", connect.phone_connect, methods=["GET"]),
+        Route("/phone/connect", connect.phone_answer, methods=["POST"]),
+        Route("/connect/wxLogin.js", connect.wxlogin_js, methods=["GET"]),
+        Route("/connect/qrconnect", connect.qrconnect, methods=["GET"]),
+        Route("/connect/poll", connect.poll, methods=["GET"]),
+        Route("/connect/oauth2/authorize", connect.authorize, methods=["GET"]),
+        Route("/connect/oauth2/authorize", connect.authorize_answer, methods=["POST"]),
     ]
     return Mount(PREFIX, routes=routes)

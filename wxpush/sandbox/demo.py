@@ -1,12 +1,15 @@
 """``wxpush demo``: the whole login flow on one machine, with no WeChat account.
 
 The demo's settings are defaults overlaid by ``.env`` and the real environment (so any
-``WXPUSH_*`` variable still wins), except two it always sets: the sandbox is on and the
-WeChat API base is this server's own ``/sandbox``. With no ``WXPUSH_REDIS_URL`` it runs on
+``WXPUSH_*`` variable still wins), except three it always sets: the sandbox is on, and the
+WeChat API base and connect base (WeChat's OAuth screens) are this server's own
+``/sandbox``. With no ``WXPUSH_REDIS_URL`` it runs on
 the embedded store; people live in ``wxpush-demo.db`` and the JWT key in
-``wxpush-demo-jwt.pem`` in the current directory. The appid is fixed (so people stay known
-across restarts); the secret, Token and EncodingAESKey are new on every start (callbacks run
-in safe mode, as most accounts do).
+``wxpush-demo-jwt.pem`` in the current directory. The appids are fixed (so people stay known
+across restarts): the service account's and a sandbox website app's (the ``website`` door),
+both bound to one Open Platform account (``WXPUSH_UNIONID=1``), so a sandbox person is one
+user through every door. The secrets, Token and EncodingAESKey are new on every start
+(callbacks run in safe mode, as most accounts do).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dotenv import dotenv_values
 from wxpush.config.settings import Settings
 
 DEMO_APPID = "wxsandboxdemo0001"
+DEMO_WEBSITE_APPID = "wxsandboxweb00001"
 
 
 def demo_settings(host: str, port: int) -> Settings:
@@ -30,13 +34,21 @@ def demo_settings(host: str, port: int) -> Settings:
         "WXPUSH_APPSECRET": secrets.token_hex(16),
         "WXPUSH_TOKEN": secrets.token_hex(16),
         "WXPUSH_AES_KEY": base64.b64encode(secrets.token_bytes(32)).decode()[:43],
+        "WXPUSH_WEBSITE_APPID": DEMO_WEBSITE_APPID,
+        "WXPUSH_WEBSITE_SECRET": secrets.token_hex(16),
+        "WXPUSH_UNIONID": "1",
         "WXPUSH_DATABASE_URL": "sqlite+aiosqlite:///wxpush-demo.db",
         "WXPUSH_SMS_PROVIDER": "console",
         "WXPUSH_JWT_KEY_FILE": "wxpush-demo-jwt.pem",
         "WXPUSH_LOG_LEVEL": "warning",
     }
     netloc = f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
-    forced = {"WXPUSH_SANDBOX": "1", "WXPUSH_WECHAT_API_BASE": f"http://{netloc}/sandbox"}
+    sandbox = f"http://{netloc}/sandbox"
+    forced = {
+        "WXPUSH_SANDBOX": "1",
+        "WXPUSH_WECHAT_API_BASE": sandbox,
+        "WXPUSH_WECHAT_CONNECT_BASE": sandbox,
+    }
     dotenv = {k: v for k, v in dotenv_values(".env").items() if v is not None}
     return Settings.from_env({**defaults, **dotenv, **os.environ, **forced}, dotenv=None)
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from wxpush.errors import WxpushError
+from wxpush.sandbox.persons import unionid_of
 from wxpush.sandbox.shapes import Answer, App, Call
 from wxpush.sandbox.state import RedisStore
 from wxpush.sandbox.wechatapi import ENDPOINTS, Platform
@@ -67,7 +68,8 @@ def respond(answer: Answer) -> Response:
 
 
 def sandbox_routes() -> list[BaseRoute]:
-    """The ``/sandbox/cgi-bin/*`` routes: the sandbox's platform answers each request."""
+    """The ``/sandbox/cgi-bin/*`` and ``/sandbox/sns/*`` routes: the sandbox's platform
+    answers each request."""
 
     async def handler(request: Request, call: Call) -> Answer:
         return await sandbox_platform(request).answer(call)
@@ -76,11 +78,16 @@ def sandbox_routes() -> list[BaseRoute]:
 
 
 def sandbox_platform(request: Request) -> Platform:
-    """The sandbox's :class:`Platform` for this request: the server's accounts and Redis."""
-    accounts = request.state.settings.accounts.values()
-    apps = {a.appid: App(a.appid, a.secret) for a in accounts}
+    """The sandbox's :class:`Platform` for this request: the server's service accounts and
+    website apps, its Redis, and every person's one unionid (:mod:`wxpush.sandbox.persons`:
+    a person id is their openid at a service account)."""
+    settings = request.state.settings
+    apps = {a.appid: App(a.appid, a.secret) for a in settings.accounts.values()}
+    apps.update({w.appid: App(w.appid, w.secret, "website") for w in settings.websites.values()})
     store = RedisStore(request.state.redis, KEY_PREFIX)
-    return Platform(apps, store, qr_url=lambda ticket: phone_url(request, ticket))
+    return Platform(
+        apps, store, qr_url=lambda ticket: phone_url(request, ticket), unionids=unionid_of
+    )
 
 
 def public_base(request: Request) -> str:

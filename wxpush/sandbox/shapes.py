@@ -21,8 +21,10 @@ ERRMSG = {
     40003: "invalid openid",
     40013: "invalid appid",
     40016: "invalid button size",
+    40029: "invalid code",
     40097: "invalid args",
     40125: "invalid appsecret",
+    40163: "code been used",
     40164: "invalid ip 127.0.0.1 ipv6 ::ffff:127.0.0.1, not in whitelist",
     41001: "access_token missing",
     42001: "access_token expired",
@@ -97,6 +99,18 @@ class Refused(Exception):
     def __init__(self, errcode: int, errmsg: str | None = None) -> None:
         super().__init__(errcode)
         self.errcode, self.errmsg = errcode, errmsg
+
+
+def credentials(apps: Mapping[str, App], appid: object, secret: object) -> App:
+    """The app whose ``appid`` and ``secret`` a call gives, or WeChat's refusal: 40013 for an
+    unknown appid, 40125 for a wrong secret (or an app that never fetches)."""
+    app = apps.get(appid) if isinstance(appid, str) else None
+    if app is None:
+        raise Refused(40013)
+    given = secret.encode() if isinstance(secret, str) else b""
+    if app.secret is None or not secrets.compare_digest(given, app.secret.encode()):
+        raise Refused(40125)
+    return app
 
 
 def parse_record(cls: type[T], text: str) -> T | None:

@@ -1,6 +1,6 @@
 """WeChat's server API as WeChat behaves, on a small store: the one stand-in for WeChat.
 
-The sandbox (``/sandbox/cgi-bin/*`` on the server's Redis) and the test fake
+The sandbox (``/sandbox/cgi-bin/*`` and ``/sandbox/sns/*`` on the server's Redis) and the test fake
 (``tests/fakewechat.py``, in memory, with counters and scripted failures around it) both
 answer through :class:`Platform`, so what a test proves against the fake is what the demo
 does. The HTTP side (a request in, a response out) is :mod:`wxpush.sandbox.platform`.
@@ -16,9 +16,9 @@ What it keeps (keys of a :class:`~wxpush.sandbox.state.Store`)::
 Like WeChat, a bad call is HTTP 200 with ``{"errcode","errmsg"}``: a wrong appid 40013 or
 secret 40125, a missing token 41001, an unknown, replaced or invalidated one 40001, an
 expired one 42001, a malformed body 47001, bad arguments 40097 (the values and the errcode
-table are in :mod:`wxpush.sandbox.shapes`). Each app is an :class:`App` of a kind (a service
-account today; the Open Platform's website apps slot in beside it, with their own endpoints
-in :data:`ENDPOINTS`).
+table are in :mod:`wxpush.sandbox.shapes`). Each app is an :class:`App` of a kind: a service
+account, or an Open Platform website app, which has only the OAuth endpoints (authorization
+codes, ``sns/oauth2/access_token``, ``sns/userinfo``: :mod:`wxpush.sandbox.oauth`).
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ from typing import Any, Literal, NamedTuple
 import segno
 
 from wxpush.errors import NotFound
+from wxpush.sandbox.oauth import OAuth, Scope
 from wxpush.sandbox.shapes import (
     Answer,
     App,
     Call,
     IssuedQR,
     Refused,
+    credentials,
     parse_record,
     wechat_error,
     weixin_url,
@@ -65,10 +67,12 @@ class Platform:
     """WeChat's answers for ``apps`` (by appid), with its state in ``store``.
 
     ``clock`` dates tokens and QR codes; ``qr_url`` makes the URL a QR code encodes (the
-    sandbox's phone page); ``profiles`` adds fields to ``user/info`` answers (by openid);
-    ``sticky_stable`` makes normal-mode ``stable_token`` hand back an invalidated token (the
-    case a client must answer with ``force_refresh``). A :class:`Platform` holds no state of
-    its own: make one per request when its arguments come from the request.
+    sandbox's phone page); ``profiles`` adds fields to ``user/info`` and ``sns/userinfo``
+    answers (by openid); ``unionids`` gives ``user/info`` a person's unionid (by openid;
+    ``None``: not bound to an Open Platform account); ``sticky_stable`` makes normal-mode
+    ``stable_token`` hand back an invalidated token (the case a client must answer with
+    ``force_refresh``). A :class:`Platform` holds no state of its own: make one per request
+    when its arguments come from the request.
     """
 
     def __init__(
@@ -79,11 +83,13 @@ class Platform:
         clock: Callable[[], float] = time.time,
         qr_url: Callable[[str], str] = weixin_url,
         profiles: Mapping[str, Mapping[str, Any]] | None = None,
+        unionids: Callable[[str], str | None] = lambda openid: None,
         sticky_stable: bool = False,
     ) -> None:
         self.apps, self.store, self.clock, self.qr_url = apps, store, clock, qr_url
         self.profiles = profiles or {}
-        self.sticky_stable = sticky_stable
+        self.unionids, self.sticky_stable = unionids, sticky_stable
+        self.oauth = OAuth(apps, store, clock, self.profiles)
 
     async def answer(self, call: Call) -> Answer:
         """Answer ``call`` as WeChat would (raises :class:`NotFound` for a missing image)."""
@@ -131,12 +137,10 @@ class Platform:
         await self.store.set("epoch:" + appid, str(epoch + 1))
 
     def _app(self, appid: object, secret: object) -> App:
-        app = self.apps.get(appid) if isinstance(appid, str) else None
-        if app is None:
+        """A service account's credentials (a website app has no ``cgi-bin`` token: 40013)."""
+        app = credentials(self.apps, appid, secret)
+        if app.kind != "service":
             raise Refused(40013)
-        given = secret.encode() if isinstance(secret, str) else b""
-        if app.secret is None or not secrets.compare_digest(given, app.secret.encode()):
-            raise Refused(40125)
         return app
 
     async def _mint(self, appid: str) -> tuple[str, _Token]:
@@ -228,17 +232,43 @@ class Platform:
         return wechat_error(0)
 
     async def user_info(self, call: Call) -> dict[str, Any]:
-        """``GET cgi-bin/user/info``: a subscribed follower (plus ``profiles[openid]``)."""
+        """``GET cgi-bin/user/info``: a subscribed follower, with the person's unionid when
+        the platform knows one (plus ``profiles[openid]``)."""
         await self._caller(call)
         openid = call.params.get("openid", "")
         if not openid:
             raise Refused(40003)
         profile = {
             "subscribe": 1, "openid": openid, "language": "zh_CN",
-            "subscribe_time": int(self.clock()), "remark": "", "groupid": 0, "tagid_list": [],
-            "subscribe_scene": "ADD_SCENE_QR_CODE", "qr_scene": 0, "qr_scene_str": "",
+            "subscribe_time": int(self.clock()), "unionid": self.unionids(openid), "remark": "",
+            "groupid": 0, "tagid_list": [], "subscribe_scene": "ADD_SCENE_QR_CODE",
+            "qr_scene": 0, "qr_scene_str": "",
         }  # fmt: skip
-        return {**profile, **self.profiles.get(openid, {})}
+        known = {k: v for k, v in profile.items() if v is not None}
+        return {**known, **self.profiles.get(openid, {})}
+
+    # --- the OAuth doors (wxpush.sandbox.oauth) --------------------------------------------
+
+    async def issue_code(
+        self,
+        appid: str,
+        openid: str,
+        *,
+        unionid: str | None = None,
+        scope: Scope,
+        snapshot: bool = False,
+    ) -> str:
+        """A code for ``openid`` at ``appid``, as WeChat gives the ``redirect_uri`` after
+        consent (see :meth:`wxpush.sandbox.oauth.OAuth.issue_code`)."""
+        return await self.oauth.issue_code(
+            appid, openid, unionid=unionid, scope=scope, snapshot=snapshot
+        )
+
+    async def sns_access_token(self, call: Call) -> dict[str, Any]:
+        return await self.oauth.access_token(call)
+
+    async def sns_userinfo(self, call: Call) -> dict[str, Any]:
+        return await self.oauth.userinfo(call)
 
 
 def _qr_request(body: Any) -> tuple[str, str, int]:
@@ -271,5 +301,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/cgi-bin/menu/get": Endpoint("GET", Platform.menu_get),
     "/cgi-bin/menu/delete": Endpoint("GET", Platform.menu_delete),
     "/cgi-bin/user/info": Endpoint("GET", Platform.user_info),
+    "/sns/oauth2/access_token": Endpoint("GET", Platform.sns_access_token),
+    "/sns/userinfo": Endpoint("GET", Platform.sns_userinfo),
 }
 """WeChat's paths, each with its method and handler: the one route table of both fakes."""

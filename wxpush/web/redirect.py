@@ -31,6 +31,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "You are logged in. Return to the page you came from.",
         "登录成功，请返回原页面。",
     ),
+    "finish_on_screen": (
+        "Almost there: return to the page you came from and confirm your phone number.",
+        "还差一步：请返回原页面，验证您的手机号。",
+    ),
     "state_invalid": (
         "This login link is unknown, already used or expired. Go back and start the login again.",
         "此登录链接无效、已使用或已过期。请返回并重新登录。",
@@ -65,7 +69,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "此次登录未能完成。请返回重试。",
     ),
 }
-TITLES = {"en": ("Logged in", "Login not completed"), "zh": ("登录成功", "登录未完成")}
+TITLES = {
+    "en": {"logged_in": "Logged in", "finish_on_screen": "Almost there", "": "Login not completed"},
+    "zh": {"logged_in": "登录成功", "finish_on_screen": "还差一步", "": "登录未完成"},
+}
 
 
 async def redirect(request: Request) -> Response:
@@ -73,7 +80,7 @@ async def redirect(request: Request) -> Response:
     query = request.query_params
     lang = language(request.headers.get("accept-language", ""))
     try:
-        return_to = await doors.redirected(
+        done = await doors.redirected(
             request.path_params["name"], query.get("code") or None, query.get("state", "")
         )
     except WeChatAPIError as exc:
@@ -84,16 +91,16 @@ async def redirect(request: Request) -> Response:
     except (RedisError, OSError) as exc:
         logger.warning("a login redirect met Redis or the database away: %s", type(exc).__name__)
         return page(lang, "unavailable", 503)
-    if return_to is not None:
-        return RedirectResponse(return_to, status_code=303, headers=HEADERS)
-    return page(lang, "logged_in", 200)
+    if done.return_to is not None:
+        return RedirectResponse(done.return_to, status_code=303, headers=HEADERS)
+    return page(lang, "logged_in" if done.status == "REG" else "finish_on_screen", 200)
 
 
 def page(lang: str, text: str, status: int, *, detail: str = "") -> HTMLResponse:
     """The whole answer: a title and one sentence, in ``lang``."""
     english, chinese = TEXTS[text]
     sentence = (chinese if lang == "zh" else english).format(detail=detail)
-    title = TITLES[lang][0 if status == 200 else 1]
+    title = TITLES[lang].get(text, TITLES[lang][""])
     body = (
         f'<!doctype html>\n<html lang="{"zh-CN" if lang == "zh" else "en"}">\n<head>\n'
         '<meta charset="utf-8">\n'

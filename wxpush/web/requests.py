@@ -82,7 +82,9 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
     return data
 
 
-def text_field(data: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+def text_field(
+    data: dict[str, Any], name: str, *, optional: bool = False, max_length: int = 256
+) -> str | None:
     """A string field of a JSON body: 400 when missing (unless optional), ``null``, not a
     string, too long, or not text that can be stored (a lone surrogate such as ``"\\ud800"``
     is valid JSON but no Unicode string)."""
@@ -91,7 +93,7 @@ def text_field(data: dict[str, Any], name: str, *, optional: bool = False) -> st
             return None
         raise BadRequest(f"The field {name!r} is required.", code="missing_field")
     value = data[name]
-    if not isinstance(value, str) or len(value) > 256 or not _is_text(value):
+    if not isinstance(value, str) or len(value) > max_length or not _is_text(value):
         raise BadRequest(f"The field {name!r} must be a short string.", code="invalid_field")
     return value
 

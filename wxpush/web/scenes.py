@@ -20,7 +20,7 @@ from wxpush.login import messages
 from wxpush.login.doors import Doors
 from wxpush.login.flow import LoginFlow
 from wxpush.login.waiting import watch
-from wxpush.web.origins import allowed_return
+from wxpush.web.origins import MAX_RETURN_TO, allowed_return
 from wxpush.web.requests import client_ip, read_json, text_field
 
 QR_CACHE = "private, max-age=60"
@@ -41,7 +41,7 @@ async def create(request: Request) -> JSONResponse:
     data = await read_json(request, required=False)
     account = text_field(data, "account", optional=True)
     kind = text_field(data, "kind", optional=True)
-    return_to = text_field(data, "return_to", optional=True)
+    return_to = text_field(data, "return_to", optional=True, max_length=MAX_RETURN_TO * 2)
     if return_to is not None and not allowed_return(
         request.state.settings, return_to, request.scope
     ):

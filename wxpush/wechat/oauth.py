@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 RedirectKind = Literal["website", "oauth"]
 
@@ -47,11 +47,13 @@ def authorize_url(
 
 def wxlogin_options(appid: str, redirect_uri: str, state: str) -> dict[str, Any]:
     """The options of ``new WxLogin({...})`` (WeChat's embed of the website-login QR code);
-    the widget adds the ``id`` of the element to draw into."""
+    the widget adds the ``id`` of the element to draw into. WeChat's script puts
+    ``redirect_uri`` into its frame's URL as given, so it is given URL-encoded, as WeChat's
+    documentation asks."""
     return {
         "appid": appid,
         "scope": SCOPES["website"],
-        "redirect_uri": redirect_uri,
+        "redirect_uri": quote(redirect_uri, safe=""),
         "state": state,
         "self_redirect": True,
     }

@@ -1,0 +1,98 @@
+"""``wxpush check``: reach every service the settings name, and say how each answered.
+
+One line per service (``redis: ok``, ``database: failed — …``), never a traceback; the
+command exits 1 when any failed. Also the clients ``wxpush menu`` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from wxpush.clients.wechat import WeChatAPI
+from wxpush.clients.wechat_oauth import OAuthClient
+from wxpush.config.accounts import WebsiteApp
+from wxpush.config.settings import Settings
+from wxpush.errors import WeChatAPIError, WxpushError
+from wxpush.infra.redis_client import open_redis
+from wxpush.infra.sql import open_engine
+from wxpush.people.store import People
+
+
+async def services(settings: Settings) -> int:
+    failures = 0
+    async with clients(settings) as (redis, http):
+        try:
+            await asyncio.wait_for(redis.ping(), timeout=3)
+            where = "embedded, single process" if settings.embedded_redis else "reachable"
+            print(f"redis: ok ({where})")
+        except Exception as exc:
+            print(f"redis: failed — {type(exc).__name__}: {exc}")
+            return 1
+        failures += await database(settings.database_url)
+        for account in settings.accounts.values():
+            api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
+            try:
+                await api.access_token()
+                print(f"wechat token ({account.name}): ok")
+            except WxpushError as exc:
+                failures += 1
+                print(f"wechat token ({account.name}): failed — {exc.message}")
+        for app in settings.websites.values():
+            failures += await website(
+                app, OAuthClient(http=http, base_url=settings.wechat_api_base)
+            )
+    return 1 if failures else 0
+
+
+async def website(app: WebsiteApp, oauth: OAuthClient) -> int:
+    """A website app has no call without a person's code; a made-up code that WeChat calls
+    invalid (40029) proves the appid and secret are right and WeChat is reachable."""
+    try:
+        await oauth.exchange(app.appid, app.secret, CHECK_CODE)
+    except WeChatAPIError as exc:
+        if exc.errcode in (40029, 40163):
+            print(f"wechat website app ({app.name}): ok")
+            return 0
+        print(f"wechat website app ({app.name}): failed — {exc.message}")
+        return 1
+    except WxpushError as exc:
+        print(f"wechat website app ({app.name}): failed — {exc.message}")
+        return 1
+    print(f"wechat website app ({app.name}): failed — WeChat accepted a made-up code")
+    return 1
+
+
+CHECK_CODE = "wxpushcheck0000000000000000000000"
+
+
+async def database(url: str) -> int:
+    """``database: ok (<kind>)`` when a query answers, else the failure in words (1)."""
+    engine = open_engine(url)
+    people = People(engine)
+    kind = engine.dialect.name
+    try:
+        await people.ping(timeout=3)
+        print(f"database: ok ({kind})")
+        return 0
+    except WxpushError as exc:
+        print(f"database: failed — {exc.message}")
+        return 1
+    finally:
+        people.close()
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def clients(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    redis = open_redis(settings.redis_url, connections=settings.redis_connections)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+    try:
+        yield redis, http
+    finally:
+        await http.aclose()
+        await redis.aclose()
