@@ -1,7 +1,13 @@
-// wxpush login widget (SPEC §11): an ES module with no build step; also sets window.WxPush.
-//   WxPush.mount(element, {server, account, lang, onLogin(tokens), onError(error)})
-// Shows the QR code with a countdown, listens over WebSocket, falls back to long-poll and
-// then to plain polling, renews the QR code on EXPIRED and renders the phone-binding form.
+// wxpush login widget (SPEC §11, §13): an ES module with no build step; also sets window.WxPush.
+//   WxPush.mount(element, {server, account, lang, door, onLogin(tokens), onError(error)})
+// Shows the door's way in (the service account's QR code, WeChat's website-login QR code, or
+// inside WeChat a "Log in with WeChat" button) with a countdown, listens over WebSocket, falls
+// back to long-poll and then to plain polling, renews the scene on EXPIRED and renders the
+// phone-binding form. door: "auto" (default: "oauth" inside WeChat, else "follow"), "follow",
+// "website" or "oauth". The in-WeChat door leaves the page for WeChat and comes back to it;
+// the widget mounted there resumes the scene it kept in sessionStorage (see wxpush-doors.js).
+
+import { forget, keep, loadScript, pickDoor, recall, returnTo, serverBase } from "./wxpush-doors.js";
 
 const TEXT = {
   en: {
@@ -27,6 +33,23 @@ const TEXT = {
     needPhone: "Enter your phone number.",
     needCode: "Enter the code from the text message.",
     error: "Something went wrong.",
+    // the website and in-WeChat doors
+    scanWebsite: "Scan with WeChat and confirm on your phone.",
+    tap: "Tap the button to log in with WeChat.",
+    wechatLogin: "Log in with WeChat",
+    preparing: "Getting the WeChat login ready…",
+    leaving: "Opening WeChat…",
+    resuming: "Back from WeChat; finishing the login…",
+    expiredTap: "The login timed out; tap the button to try again.",
+    notRegTap: "Almost done: enter your phone number to finish logging in.",
+    scriptFailed: "WeChat's login QR code could not be loaded; try a new one.",
+    badDoor: "This page asks for a way of logging in that the widget does not know.",
+    retry: "Try again",
+    errors: {
+      kind_unavailable: "This way of logging in with WeChat is not set up on this server.",
+      bad_kind: "This server does not offer this way of logging in with WeChat.",
+      bad_return_to: "WeChat cannot send you back here: the login server does not allow this page.",
+    },
   },
   zh: {
     title: "微信扫码登录",
@@ -51,6 +74,22 @@ const TEXT = {
     needPhone: "请输入手机号。",
     needCode: "请输入短信验证码。",
     error: "出错了。",
+    scanWebsite: "请用微信扫码，并在手机上确认登录。",
+    tap: "请点击按钮，用微信登录。",
+    wechatLogin: "微信登录",
+    preparing: "正在准备微信登录…",
+    leaving: "正在打开微信…",
+    resuming: "已从微信返回，正在完成登录…",
+    expiredTap: "登录已超时，请重新点击按钮。",
+    notRegTap: "还差一步：请输入手机号完成登录。",
+    scriptFailed: "无法加载微信登录二维码，请换一个试试。",
+    badDoor: "此页面要求的登录方式本组件不认识。",
+    retry: "重试",
+    errors: {
+      kind_unavailable: "此服务器没有开通这种微信登录方式。",
+      bad_kind: "此服务器不支持这种微信登录方式。",
+      bad_return_to: "微信无法带你回到此页面：登录服务器不允许此页面的地址。",
+    },
   },
 };
 
@@ -77,6 +116,8 @@ class Widget {
     this.el = el;
     this.opts = opts;
     this.server = (opts.server || "").replace(/\/$/, "");
+    this.base = serverBase(this.server);
+    this.door = pickDoor(opts.door);
     this.lang = pickLang(opts.lang);
     this.t = TEXT[this.lang];
     this.gen = 0;
@@ -84,19 +125,29 @@ class Widget {
     this.timers = new Set();
     this.transport = "ws";
     this.render();
-    this.start();
+    // Back from WeChat through the browser's back/forward cache: the page did not load again.
+    this.onPageShow = (ev) => { if (ev.persisted && !this.done) this.begin(); };
+    window.addEventListener("pageshow", this.onPageShow);
+    this.begin();
   }
 
   render() {
     const t = this.t;
     this.el.classList.add("wxpush");
     this.el.setAttribute("lang", this.lang === "zh" ? "zh-CN" : "en");
+    this.el.dataset.wxpushDoor = this.door || "";
     this.qr = h("img", { "data-wxpush": "qr", alt: t.title, width: 200, height: 200 });
     this.link = h("a", { "data-wxpush": "qr-link", target: "_blank", rel: "noopener" }, [this.qr]);
+    this.wxlogin = h("div", { "data-wxpush": "wxlogin", id: this.uid("wxlogin"), class: "wxpush-wxlogin" });
+    this.loginBtn = h("button", { type: "button", "data-wxpush": "wechat-login", class: "wxpush-wechat-login",
+      text: t.wechatLogin, disabled: true });
+    this.loginBtn.addEventListener("click", () => this.leaveForWeChat());
     this.countdown = h("p", { "data-wxpush": "countdown", class: "wxpush-countdown" });
-    this.refreshBtn = h("button", { type: "button", "data-wxpush": "refresh", text: t.refresh });
+    this.refreshBtn = h("button", { type: "button", "data-wxpush": "refresh",
+      text: this.door === "oauth" ? t.retry : t.refresh });
     this.refreshBtn.addEventListener("click", () => this.start());
-    this.qrBox = h("div", { class: "wxpush-qr" }, [this.link, this.countdown, this.refreshBtn]);
+    const way = { follow: this.link, website: this.wxlogin, oauth: this.loginBtn }[this.door];
+    this.qrBox = h("div", { class: "wxpush-qr" }, way ? [way, this.countdown, this.refreshBtn] : []);
 
     this.phone = h("input", { type: "tel", "data-wxpush": "phone", id: this.uid("phone"),
       autocomplete: "tel", required: true });
@@ -114,7 +165,8 @@ class Widget {
 
     this.status = h("p", { "data-wxpush": "status", "aria-live": "polite", class: "wxpush-status" });
     this.error = h("p", { "data-wxpush": "error", role: "alert", class: "wxpush-error" });
-    this.el.replaceChildren(h("h2", { class: "wxpush-title", text: t.title }), this.qrBox,
+    const title = this.door === "oauth" ? t.wechatLogin : t.title;
+    this.el.replaceChildren(h("h2", { class: "wxpush-title", text: title }), this.qrBox,
       this.bindBox, this.status, this.error);
   }
 
@@ -141,9 +193,14 @@ class Widget {
     this.ws = null;
   }
 
-  destroy() { this.stop(); this.el.replaceChildren(); this.el.classList.remove("wxpush"); }
+  destroy() {
+    this.stop();
+    window.removeEventListener("pageshow", this.onPageShow);
+    this.el.replaceChildren();
+    this.el.classList.remove("wxpush");
+  }
 
-  url(path) { return this.server + path; }
+  url(path) { return path.startsWith("/") ? this.server + path : path; }
 
   async api(path, options = {}) {
     const res = await fetch(this.url(path), {
@@ -155,42 +212,126 @@ class Widget {
     return { res, data };
   }
 
+  // A scene kept across the in-WeChat door's round trip is picked up again; else a new one.
+  begin() {
+    if (!this.door) {
+      this.fail(this.t.badDoor);
+      this.report({ error: "bad_door", message: this.t.badDoor });
+      return;
+    }
+    const kept = recall(this.base);
+    if (kept) this.resume(kept);
+    else this.start();
+  }
+
+  // The person is back from WeChat: the scene's first frame says how it went.
+  resume(kept) {
+    this.stop();
+    const gen = this.gen;
+    this.scene = kept;
+    this.resuming = true;
+    this.done = false;
+    this.qrBox.hidden = true;
+    this.bindBox.hidden = true;
+    this.fail("");
+    this.say(this.t.resuming);
+    this.deadline = Date.parse(kept.expires_at);
+    this.tick = setInterval(() => this.showCountdown(gen), 1000);
+    this.listen(gen);
+  }
+
+  sceneRequest() {
+    const body = this.opts.account ? { account: this.opts.account } : {};
+    if (this.door !== "follow") body.kind = this.door; // a follow scene is what any server makes
+    if (this.door === "oauth") body.return_to = returnTo();
+    return body;
+  }
+
   async start(attempt = 0) {
     this.stop();
     const gen = this.gen;
+    forget(this.base);
     this.scene = null;
+    this.resuming = false;
     this.done = false;
     this.bindBox.hidden = true;
     this.qrBox.hidden = false;
     this.refreshBtn.disabled = true;
+    this.refreshBtn.hidden = this.door === "oauth"; // the button always opens a fresh login
+    this.loginBtn.disabled = true;
+    this.countdown.textContent = "";
     this.fail("");
-    this.say(this.t.loading);
+    this.say(this.door === "oauth" ? this.t.preparing : this.t.loading);
     let answer;
     try {
-      answer = await this.api("/api/v1/scenes", {
-        method: "POST", body: JSON.stringify(this.opts.account ? { account: this.opts.account } : {}),
-      });
+      const body = JSON.stringify(this.sceneRequest());
+      answer = await this.api("/api/v1/scenes", { method: "POST", body });
     } catch (err) {
       answer = { res: null, data: { message: this.t.failed } };
     }
     if (gen !== this.gen) return;
     this.refreshBtn.disabled = false;
     const { res, data } = answer;
-    if (!res || res.status !== 201) {
-      this.fail(data.message || this.t.error);
-      this.report(data);
-      this.later(Math.min(30000, 1000 * 2 ** attempt), () => this.start(attempt + 1));
-      return;
-    }
+    if (!res || res.status !== 201) { this.refused(res, data, attempt); return; }
     this.scene = data;
-    this.qr.src = data.qr_image.startsWith("/") ? this.url(data.qr_image) : data.qr_image;
-    this.link.href = data.qr_url;
+    this.show(gen, data);
     this.deadline = Date.now() + data.expires_in * 1000;
     this.tick = setInterval(() => this.showCountdown(gen), 1000);
     this.showCountdown(gen);
-    this.say(this.t.scan);
+    this.say(this.waiting());
+    this.listen(gen);
+  }
+
+  // The server said no: a door it has not set up is said once; anything else is retried.
+  refused(res, data, attempt) {
+    this.fail(this.t.errors[data.error] || data.message || this.t.error);
+    this.report(data);
+    this.say("");
+    if (res && res.status === 400) { this.refreshBtn.hidden = false; return; }
+    this.later(Math.min(30000, 1000 * 2 ** attempt), () => this.start(attempt + 1));
+  }
+
+  // Puts the new scene's way in on the screen.
+  show(gen, data) {
+    if (this.door === "follow") {
+      this.qr.src = this.url(data.qr_image);
+      this.link.href = data.qr_url;
+    } else if (this.door === "oauth") {
+      this.loginBtn.disabled = false;
+    } else {
+      this.wxlogin.replaceChildren();
+      loadScript(this.url(data.wxlogin_script)).then(() => {
+        if (gen !== this.gen) return;
+        new window.WxLogin({ ...data.wxlogin, id: this.wxlogin.id });
+      }).catch((err) => {
+        if (gen !== this.gen) return;
+        this.fail(this.t.scriptFailed);
+        this.report({ error: "wxlogin_unavailable", message: String(err && err.message) });
+      });
+    }
+  }
+
+  // What the person is asked to do while the scene waits.
+  waiting() {
+    const kind = (this.scene && this.scene.kind) || this.door;
+    if (!this.bindBox.hidden) return kind === "oauth" ? this.t.notRegTap : this.t.notReg;
+    return { follow: this.t.scan, website: this.t.scanWebsite, oauth: this.t.tap }[kind] || this.t.scan;
+  }
+
+  // The in-WeChat door: keep the scene for the page WeChat sends the person back to, then go.
+  leaveForWeChat() {
+    if (!this.scene || !this.scene.authorize_url || this.done) return;
+    keep(this.base, this.scene);
+    const target = this.scene.authorize_url;
+    this.stop();
+    this.loginBtn.disabled = true;
+    this.say(this.t.leaving);
+    window.location.assign(target);
+  }
+
+  listen(gen) {
     this.failures = 0;
-    if (this.wsWorked) this.transport = "ws"; // a new QR code tries the WebSocket again
+    if (this.wsWorked) this.transport = "ws"; // a new scene tries the WebSocket again
     this.el.dataset.wxpushTransport = this.transport;
     if (this.transport === "ws" && typeof WebSocket !== "undefined") this.listenWs(gen);
     else if (this.transport === "wait") this.longPoll(gen);
@@ -200,10 +341,13 @@ class Widget {
   showCountdown(gen) {
     if (gen !== this.gen || this.done) return;
     const left = Math.ceil((this.deadline - Date.now()) / 1000);
-    this.countdown.textContent = this.bindBox.hidden ? this.t.left(Math.max(0, left)) : "";
+    const shown = this.bindBox.hidden && !this.qrBox.hidden && this.door !== "oauth";
+    this.countdown.textContent = shown ? this.t.left(Math.max(0, left)) : "";
     // The server says EXPIRED itself; this is only a safety net when that news is late.
-    if (left < -3 && this.bindBox.hidden) { this.say(this.t.expired); this.start(); }
+    if (left < -3 && this.bindBox.hidden) { this.say(this.expiredText()); this.start(); }
   }
+
+  expiredText() { return this.door === "oauth" ? this.t.expiredTap : this.t.expired; }
 
   report(data) {
     if (this.opts.onError) {
@@ -216,25 +360,29 @@ class Widget {
     if (gen !== this.gen || this.done) return true;
     switch (state.status) {
       case "LOOP":
+        // Back from WeChat with nothing done there (declined, or the back button): start over.
+        if (this.resuming) { this.start(); return true; }
         if (typeof state.expires_in === "number") this.deadline = Date.now() + state.expires_in * 1000;
         return false;
       case "NOT_REG":
+        this.resuming = false;
         if (this.bindBox.hidden) {
           this.bindBox.hidden = false;
           this.qrBox.hidden = true;
-          this.say(this.t.notReg);
+          this.say(this.waiting());
           this.phone.focus();
         }
         return false;
-      case "EXPIRED":
-        this.say(this.t.expired);
-        this.start().then(() => { if (this.scene) this.say(this.t.expired); });
+      case "EXPIRED": {
+        const text = this.expiredText();
+        this.say(text);
+        this.start().then(() => { if (this.scene) this.say(text); });
         return true;
+      }
       case "REG":
         if (state.access_token) this.login(state);
         else if (this.binding) return true; // our own bind answer carries the tokens
-        else { this.stop(); this.done = true; this.qrBox.hidden = true; this.bindBox.hidden = true;
-          this.say(this.t.claimed); }
+        else { this.finish(); this.say(this.t.claimed); }
         return true;
       default:
         if (state.message) this.fail(state.message);
@@ -242,11 +390,18 @@ class Widget {
     }
   }
 
-  login(tokens) {
+  // The scene is over: nothing more to show or to keep.
+  finish() {
     this.stop();
     this.done = true;
+    this.resuming = false;
+    forget(this.base);
     this.qrBox.hidden = true;
     this.bindBox.hidden = true;
+  }
+
+  login(tokens) {
+    this.finish();
     this.fail("");
     this.say(this.t.loggedIn);
     if (this.opts.onLogin) {
@@ -268,7 +423,7 @@ class Widget {
       if (this.handle(gen, state)) { ws.onclose = null; }
     };
     ws.onerror = () => {};
-    ws.onclose = (ev) => {
+    ws.onclose = () => {
       if (gen !== this.gen || this.done) return;
       this.ws = null;
       this.failures += 1;
@@ -277,26 +432,29 @@ class Widget {
       // 1012 (server restart), 1006 after frames, etc.: reconnect with backoff.
       this.say(this.t.reconnecting);
       const delay = Math.min(10000, 500 * 2 ** (this.failures - 1)) * (0.75 + Math.random() / 2);
-      this.later(delay, () => { if (gen === this.gen) { this.say(this.t.scan); this.listenWs(gen); } });
-      void ev;
+      this.later(delay, () => { if (gen === this.gen) { this.say(this.waitingNow()); this.listenWs(gen); } });
     };
   }
+
+  waitingNow() { return this.resuming ? this.t.resuming : this.waiting(); }
 
   fallback(gen, transport) {
     if (gen !== this.gen) return;
     this.transport = transport;
     this.failures = 0;
     this.el.dataset.wxpushTransport = transport;
-    const also = this.bindBox.hidden ? this.t.scan : this.t.notReg;
+    const also = this.waitingNow();
     if (transport === "wait") { this.say(`${also} ${this.t.longpoll}`); this.longPoll(gen); }
     else { this.say(`${also} ${this.t.polling}`); this.poll(gen); }
   }
 
   async longPoll(gen) {
+    // Back from WeChat the state is settled already: a short wait tells LOOP (nothing done).
+    let timeout = this.resuming ? 2 : 25;
     while (gen === this.gen && !this.done) {
       let state = null;
       try {
-        const res = await fetch(this.scene.wait_url + "?timeout=25");
+        const res = await fetch(`${this.scene.wait_url}?timeout=${timeout}`);
         if (res.ok) state = await res.json();
       } catch { /* network error */ }
       if (gen !== this.gen) return;
@@ -307,6 +465,7 @@ class Widget {
         continue;
       }
       this.failures = 0;
+      timeout = 25;
       if (this.handle(gen, state)) return;
       if (state.status === "NOT_REG") await sleep(1500); // answers at once while NOT_REG
     }

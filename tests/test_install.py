@@ -24,6 +24,7 @@ INSTALLED = os.environ.get("WXPUSH_TEST_INSTALLED") == "1"
 WIDGET = {
     "/": ("text/html", "<html"),
     "/static/wxpush.js": ("text/javascript", "WxPush"),
+    "/static/wxpush-doors.js": ("text/javascript", "MicroMessenger"),  # imported by wxpush.js
     "/static/wxpush.css": ("text/css", "--wxpush-accent"),
 }
 
