@@ -42,10 +42,9 @@ async def services(settings: Settings) -> int:
             except WxpushError as exc:
                 failures += 1
                 print(f"wechat token ({account.name}): failed — {exc.message}")
+        oauth = OAuthClient(http=http, base_url=settings.wechat_api_base)
         for app in settings.websites.values():
-            failures += await website(
-                app, OAuthClient(http=http, base_url=settings.wechat_api_base)
-            )
+            failures += await website(app, oauth)
     return 1 if failures else 0
 
 

@@ -33,7 +33,7 @@ import httpx
 import redis.asyncio
 import redis.exceptions
 
-from wxpush.clients.wechat_answers import checked, decode, json_object
+from wxpush.clients.wechat_answers import checked, decode, json_object, send
 from wxpush.config.accounts import Account
 from wxpush.errors import BadGateway, Unavailable, WeChatAPIError
 
@@ -237,12 +237,7 @@ class WeChatAPI:
     async def _send(
         self, method: str, url: str, upstream: str = "WeChat", **kwargs: Any
     ) -> httpx.Response:
-        try:
-            return await self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise BadGateway(f"{upstream} cannot be reached (timed out)") from exc
-        except httpx.HTTPError as exc:  # its text may hold the URL: name the kind only
-            raise BadGateway(f"{upstream} cannot be reached ({type(exc).__name__})") from exc
+        return await send(self._http, method, url, upstream, **kwargs)
 
     # --- Redis -----------------------------------------------------------------------------
 

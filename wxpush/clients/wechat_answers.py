@@ -42,6 +42,20 @@ def error_message(errcode: int) -> str:
     return f"WeChat: {MESSAGES.get(errcode, 'the request was refused')} (errcode {errcode})"
 
 
+async def send(
+    http: httpx.AsyncClient, method: str, url: str, upstream: str = "WeChat", **kwargs: Any
+) -> httpx.Response:
+    """One request to WeChat; a timeout or a network failure is a :class:`BadGateway` that
+    names the kind of failure only (httpx's text may hold the URL, and with it a token, a
+    secret or a login code)."""
+    try:
+        return await http.request(method, url, **kwargs)
+    except httpx.TimeoutException as exc:
+        raise BadGateway(f"{upstream} cannot be reached (timed out)") from exc
+    except httpx.HTTPError as exc:
+        raise BadGateway(f"{upstream} cannot be reached ({type(exc).__name__})") from exc
+
+
 def json_object(content: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(content)

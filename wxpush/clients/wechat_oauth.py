@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from wxpush.clients.wechat_answers import checked, decode
+from wxpush.clients.wechat_answers import checked, decode, send
 from wxpush.errors import BadGateway
 from wxpush.wechat.oauth import Grant, parse_grant, unionid_of
 
@@ -49,10 +49,5 @@ class OAuthClient:
         return unionid_of(await self._get(USERINFO, params))
 
     async def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        try:
-            response = await self._http.get(self._base + path, params=params)
-        except httpx.TimeoutException as exc:
-            raise BadGateway("WeChat cannot be reached (timed out)") from exc
-        except httpx.HTTPError as exc:  # its text may hold the URL, and so the code
-            raise BadGateway(f"WeChat cannot be reached ({type(exc).__name__})") from exc
+        response = await send(self._http, "GET", self._base + path, params=params)
         return checked(path, decode("WeChat", response))

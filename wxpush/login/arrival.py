@@ -72,7 +72,7 @@ class Arrival:
         status = "NOT_REG" if user_id is None else "REG"
         moved = await self.scenes.mark_scanned(
             scene_id, account=account, openid=openid, user_id=user_id, new=new, once=once,
-            person=None if person == Person(PROVIDER, person.appid) else person,
+            person=person if person.provider != PROVIDER or unionid is not None else None,
         )  # fmt: skip
         if isinstance(moved, Retried):
             return moved

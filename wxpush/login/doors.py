@@ -102,10 +102,11 @@ class Doors:
         """
         scene_id = await self.states.take(state)
         scene = None if scene_id is None else await self.flow.scenes.get(scene_id)
-        if scene_id is None or scene is None or scene.status != "LOOP" or scene.account != name:
-            if scene_id is not None and scene is not None and scene.account != name:
-                await self.states.give_back(state, scene_id)  # not this app's to spend
-            raise BadRequest("This login link is unknown, used or expired.", code="state_invalid")
+        if scene is not None and scene.account != name:
+            await self.states.give_back(state, scene.id)  # not this app's to spend
+            raise _state_invalid()
+        if scene is None or scene.status != "LOOP":
+            raise _state_invalid()
         try:
             status = await self._arrive(scene, code)
         except BaseException:
@@ -143,7 +144,7 @@ class Doors:
             scene.id, account=scene.account, openid=grant.openid, person=person, lookup=lookup
         )
         if moved is None:  # the scene ended meanwhile
-            raise BadRequest("This login link is unknown, used or expired.", code="state_invalid")
+            raise _state_invalid()
         if grant.unionid is not None and moved == "REG":
             await self._remember(person, grant.openid)
         return str(moved)
@@ -191,10 +192,13 @@ class Doors:
 def _kind(kind: str | None) -> Kind:
     if kind is None:
         return "follow"
-    for known in KINDS:
-        if kind == known:
-            return known
-    raise BadRequest(f"kind is one of {', '.join(KINDS)}.", code="bad_kind")
+    if kind not in KINDS:
+        raise BadRequest(f"kind is one of {', '.join(KINDS)}.", code="bad_kind")
+    return kind
+
+
+def _state_invalid() -> BadRequest:
+    return BadRequest("This login link is unknown, used or expired.", code="state_invalid")
 
 
 def _unavailable(door: str) -> BadRequest:

@@ -140,18 +140,20 @@ class People:
         self, appid: str, openid: str, *, provider: str, unionid: str
     ) -> None:
         """Keep the ``unionid`` WeChat gave for a known identity that had none, so that the
-        person's next door finds them by it."""
+        person's next door finds them by it. Every login through the website door brings the
+        unionid again, so it is read first: a write (and its commit) only the first time."""
+        lacking = (
+            identities.c.provider == provider,
+            identities.c.appid == appid,
+            identities.c.openid == openid,
+            identities.c.unionid.is_(None),
+        )
+        async with self._connect() as conn:
+            found = (await conn.execute(select(identities.c.id).where(*lacking))).first()
+        if found is None:
+            return
         async with self._begin() as conn:
-            await conn.execute(
-                update(identities)
-                .where(
-                    identities.c.provider == provider,
-                    identities.c.appid == appid,
-                    identities.c.openid == openid,
-                    identities.c.unionid.is_(None),
-                )
-                .values(unionid=unionid)
-            )
+            await conn.execute(update(identities).where(*lacking).values(unionid=unionid))
 
     async def register_openid(
         self, appid: str, openid: str, *, login_only: bool = False,
