@@ -10,7 +10,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests import test_accounts
 from tests.procs import ServerProcess
 from tests.util import TIMEOUT, wait_for
 from wxpush.errors import SettingsError
@@ -36,18 +36,7 @@ PHONE = "+8613800138000"
 STAMP = datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_db_url"
-    url: str = request.getfixturevalue(fixture)
-    return url
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = open_engine(db_url)
-    yield engine
-    await engine.dispose()
+db_url, engine = test_accounts.db_url, test_accounts.engine  # SQLite and PostgreSQL, each
 
 
 async def build_v1(engine: AsyncEngine, *, rows: bool = True) -> None:

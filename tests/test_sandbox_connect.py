@@ -19,11 +19,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from tests import test_widget
 from tests.server import serve
-from tests.test_widget import ARGS, CHROMIUM
-from tests.util import TIMEOUT, free_port
-from wxpush.app import create_app
-from wxpush.config.settings import Settings
+from tests.test_sandbox_oauth import sandbox_server
+from tests.util import TIMEOUT
 from wxpush.sandbox.persons import snapshot_openid, unionid_of, website_openid
 
 APPID, SECRET = "wxconnecttest001", "connectsecret0123456789"
@@ -32,21 +31,12 @@ BOB = "oSandboxBob00000000000000002"
 BACK = "https://site.example/wechat/back?keep=1"
 STATE = "St4te0123456789abcdef"
 MS = int(TIMEOUT * 2000)
+browser = test_widget.browser
 
 
 @pytest.fixture
 def base(tmp_path: Path, redis_url: str) -> Iterator[str]:
-    port = free_port()
-    env = {
-        "WXPUSH_APPID": APPID, "WXPUSH_APPSECRET": SECRET, "WXPUSH_TOKEN": "connecttoken",
-        "WXPUSH_WEBSITE_APPID": WEB, "WXPUSH_WEBSITE_SECRET": WEB_SECRET,
-        "WXPUSH_REDIS_URL": redis_url, "WXPUSH_SANDBOX": "1", "WXPUSH_UNIONID": "1",
-        "WXPUSH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'people.db'}",
-        "WXPUSH_JWT_KEY_FILE": str(tmp_path / "jwt.pem"), "WXPUSH_LOG_LEVEL": "WARNING",
-        "WXPUSH_WECHAT_API_BASE": f"http://127.0.0.1:{port}/sandbox",
-        "WXPUSH_WECHAT_CONNECT_BASE": f"http://127.0.0.1:{port}/sandbox",
-    }  # fmt: skip
-    with serve(create_app(Settings.from_env(env, dotenv=None)), port) as url:
+    with sandbox_server(tmp_path, redis_url, (APPID, SECRET, WEB, WEB_SECRET)) as url:
         yield url
 
 
@@ -232,14 +222,6 @@ def test_consent_answer_never_goes_elsewhere(client: httpx.Client, change: dict[
 
 
 # --- WxLogin.js in a browser ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[sync_api.Browser]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

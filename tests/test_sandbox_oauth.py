@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -204,12 +205,17 @@ def test_a_person_has_one_unionid_and_an_openid_per_app() -> None:
 Codes = Callable[[httpx.Client, str, str], str]  # (client, "website" | "base", person) → code
 
 
-@pytest.fixture
-def sandbox_api(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, Codes]]:
+@contextmanager
+def sandbox_server(
+    tmp_path: Path, redis_url: str, apps: tuple[str, str, str, str]
+) -> Iterator[str]:
+    """A server with the sandbox on and its API and connect bases pointing at it, for a
+    service account and a website app (``apps``: appid, secret, website appid, secret)."""
     port = free_port()
+    appid, secret, web, web_secret = apps
     env = {
-        "WXPUSH_APPID": APPID, "WXPUSH_APPSECRET": SECRET, "WXPUSH_TOKEN": "oauthtoken",
-        "WXPUSH_WEBSITE_APPID": WEB, "WXPUSH_WEBSITE_SECRET": WEB_SECRET,
+        "WXPUSH_APPID": appid, "WXPUSH_APPSECRET": secret, "WXPUSH_TOKEN": "sandboxtoken",
+        "WXPUSH_WEBSITE_APPID": web, "WXPUSH_WEBSITE_SECRET": web_secret,
         "WXPUSH_REDIS_URL": redis_url, "WXPUSH_SANDBOX": "1", "WXPUSH_UNIONID": "1",
         "WXPUSH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'people.db'}",
         "WXPUSH_JWT_KEY_FILE": str(tmp_path / "jwt.pem"), "WXPUSH_LOG_LEVEL": "WARNING",
@@ -217,6 +223,12 @@ def sandbox_api(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, Codes]]:
         "WXPUSH_WECHAT_CONNECT_BASE": f"http://127.0.0.1:{port}/sandbox",
     }  # fmt: skip
     with serve(create_app(Settings.from_env(env, dotenv=None)), port) as base:
+        yield base
+
+
+@pytest.fixture
+def sandbox_api(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, Codes]]:
+    with sandbox_server(tmp_path, redis_url, (APPID, SECRET, WEB, WEB_SECRET)) as base:
         yield base + "/sandbox", sandbox_code
 
 

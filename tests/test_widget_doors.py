@@ -22,11 +22,13 @@ import httpx
 import pytest
 from playwright import sync_api
 
+from tests import test_widget
 from tests.procs import ServerProcess, run_demo
-from tests.test_widget import ARGS, CHROMIUM, LOGGED_IN, MS, scan_known, shot
+from tests.test_widget import LOGGED_IN, MS, scan_known, shot
 from tests.util import TIMEOUT
 
 STORED = "wxpush:scene"  # where the widget keeps the in-WeChat door's scene
+browser = test_widget.browser
 IN_WECHAT = (
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.0.0 Mobile Safari/537.36 MicroMessenger/8.0.47.2560(0x28002F30) "
@@ -42,14 +44,6 @@ BUTTON = '[data-wxpush="wechat-login"]'
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with run_demo(tmp_path_factory.mktemp("doors")) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[sync_api.Browser]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @contextlib.contextmanager
