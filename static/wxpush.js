@@ -1,11 +1,13 @@
 // wxpush login widget (SPEC §11, §13): an ES module with no build step; also sets window.WxPush.
-//   WxPush.mount(element, {server, account, lang, door, onLogin(tokens), onError(error)})
+//   WxPush.mount(element, {server, account, lang, door, oidc, onLogin(tokens), onError(error)})
 // Shows the door's way in (the service account's QR code, WeChat's website-login QR code, or
 // inside WeChat a "Log in with WeChat" button) with a countdown, listens over WebSocket, falls
 // back to long-poll and then to plain polling, renews the scene on EXPIRED and renders the
 // phone-binding form. door: "auto" (default: "oauth" inside WeChat, else "follow"), "follow",
 // "website" or "oauth". The in-WeChat door leaves the page for WeChat and comes back to it;
 // the widget mounted there resumes the scene it kept in sessionStorage (see wxpush-doors.js).
+// oidc: the id of an OIDC authorization request (the hosted page of /oidc/authorize, SPEC §14):
+// its scenes log in for that request, and the login goes on to the client's redirect URI.
 
 import { forget, keep, loadScript, pickDoor, recall, returnTo, serverBase } from "./wxpush-doors.js";
 
@@ -49,6 +51,7 @@ const TEXT = {
       kind_unavailable: "This way of logging in with WeChat is not set up on this server.",
       bad_kind: "This server does not offer this way of logging in with WeChat.",
       bad_return_to: "WeChat cannot send you back here: the login server does not allow this page.",
+      oidc_request_expired: "This login has expired. Go back to the site and log in again.",
     },
   },
   zh: {
@@ -87,6 +90,7 @@ const TEXT = {
     retry: "重试",
     errors: {
       kind_unavailable: "此服务器没有开通这种微信登录方式。",
+      oidc_request_expired: "此次登录已过期。请返回网站重新登录。",
       bad_kind: "此服务器不支持这种微信登录方式。",
       bad_return_to: "微信无法带你回到此页面：登录服务器不允许此页面的地址。",
     },
@@ -244,6 +248,7 @@ class Widget {
     const body = this.opts.account ? { account: this.opts.account } : {};
     if (this.door !== "follow") body.kind = this.door; // a follow scene is what any server makes
     if (this.door === "oauth") body.return_to = returnTo();
+    if (this.opts.oidc) body.oidc = this.opts.oidc;
     return body;
   }
 
@@ -287,7 +292,7 @@ class Widget {
     this.fail(this.t.errors[data.error] || data.message || this.t.error);
     this.report(data);
     this.say("");
-    if (res && res.status === 400) { this.refreshBtn.hidden = false; return; }
+    if (res && (res.status === 400 || res.status === 410)) { this.refreshBtn.hidden = false; return; }
     this.later(Math.min(30000, 1000 * 2 ** attempt), () => this.start(attempt + 1));
   }
 
@@ -380,7 +385,7 @@ class Widget {
         return true;
       }
       case "REG":
-        if (state.access_token) this.login(state);
+        if (state.access_token || state.redirect) this.login(state);
         else if (this.binding) return true; // our own bind answer carries the tokens
         else { this.finish(); this.say(this.t.claimed); }
         return true;
@@ -404,6 +409,7 @@ class Widget {
     this.finish();
     this.fail("");
     this.say(this.t.loggedIn);
+    if (tokens.redirect) { location.assign(tokens.redirect); return; } // on to the OIDC client
     if (this.opts.onLogin) {
       try { this.opts.onLogin(tokens); } catch (err) { console.error(err); this.report(err); }
     }
@@ -545,7 +551,7 @@ class Widget {
     this.submitBtn.disabled = false;
     this.binding = false;
     const { res, data } = answer;
-    if (res && res.ok && data.access_token) { this.login(data); return; }
+    if (res && res.ok && (data.access_token || data.redirect)) { this.login(data); return; }
     this.fail(data.message || this.t.error);
     this.report(data);
     this.code.select();

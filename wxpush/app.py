@@ -30,7 +30,18 @@ from wxpush.config.settings import Settings
 from wxpush.errors import WxpushError
 from wxpush.infra.metrics import Metrics
 from wxpush.lifespan import lifespan
-from wxpush.web import access, health, openapi, redirect, scenes, sockets, tokens, wechat
+from wxpush.web import (
+    access,
+    health,
+    oidc,
+    oidc_pages,
+    openapi,
+    redirect,
+    scenes,
+    sockets,
+    tokens,
+    wechat,
+)
 from wxpush.web.errors import error_answer, error_response
 from wxpush.wechat.errors import ProtocolError
 
@@ -68,6 +79,13 @@ def create_app(
         Route("/api/v1/logout", tokens.logout, methods=["POST"]),
         Route("/api/v1/me", tokens.me, methods=["GET"]),
         Route("/.well-known/jwks.json", tokens.jwks, methods=["GET"]),
+        Route("/.well-known/openid-configuration", oidc.configuration, methods=["GET"]),
+        Route("/oidc/authorize", oidc_pages.authorize, methods=["GET", "POST"]),
+        Route("/oidc/token", oidc.token, methods=["POST"]),
+        Route("/oidc/userinfo", oidc.userinfo, methods=["GET", "POST"]),
+        Route("/oidc/revoke", oidc.revoke, methods=["POST"]),
+        Route("/oidc/introspect", oidc.introspect, methods=["POST"]),
+        Route("/oidc/logout", oidc_pages.logout, methods=["GET", "POST"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),

@@ -33,6 +33,7 @@ from wxpush.login.doors import Doors
 from wxpush.login.flow import LoginFlow
 from wxpush.login.redirect_state import RedirectStates
 from wxpush.login.scenes import SceneStore
+from wxpush.oidc.provider import Provider
 from wxpush.people.store import People
 from wxpush.realtime.hub import Hub
 from wxpush.sms.codes import SmsCodes
@@ -55,6 +56,7 @@ class State(TypedDict):
     tokens: TokenService
     login: LoginFlow
     doors: Doors
+    oidc: Provider
     callbacks: CallbackService
     metrics: Metrics
     hub: Hub
@@ -122,7 +124,8 @@ def lifespan(
                 )
                 for name, account in settings.accounts.items()
             }
-            tokens = TokenService(settings.token_policy(), redis, hot)
+            tokens = TokenService(settings.token_policy(), redis, hot, clients=settings.clients)
+            oidc = Provider(settings.clients, tokens, people, redis)
             sms_policy = settings.sms_policy()
             sms = SmsCodes(sms_policy, redis, make_provider(sms_policy, http=http, redis=redis))
             scenes, login_policy = SceneStore(redis, hot), settings.login_policy()
@@ -130,7 +133,7 @@ def lifespan(
             login = LoginFlow(
                 policy=login_policy, accounts=settings.accounts, scenes=scenes, people=people,
                 tokens=tokens, sms=sms, wechat=wechat, limiter=RateLimiter(redis),
-                metrics=metrics, arrival=arrival,
+                metrics=metrics, arrival=arrival, handover=oidc,
             )  # fmt: skip
             doors = Doors(
                 login, arrival, settings.websites, RedirectStates(redis),
@@ -150,8 +153,8 @@ def lifespan(
             settle_gc()
             yield State(
                 settings=settings, redis=redis, engine=engine, http=http, wechat=wechat,
-                people=people, tokens=tokens, login=login, doors=doors, callbacks=callbacks,
-                metrics=metrics,
+                people=people, tokens=tokens, login=login, doors=doors, oidc=oidc,
+                callbacks=callbacks, metrics=metrics,
                 hub=hub, sockets=SocketCount(),
             )  # fmt: skip
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from wxpush.config import values
+from wxpush.config.clients import Client, load_clients
 from wxpush.errors import SettingsError
 
 DEFAULT_ACCOUNT = "default"
@@ -61,6 +62,7 @@ class Apps:
 
     accounts: dict[str, Account]
     websites: dict[str, WebsiteApp]
+    clients: dict[str, Client] = field(default_factory=dict)
 
 
 def load_apps(env: Mapping[str, str], accounts_file: str | None, *, unionid: bool = False) -> Apps:
@@ -68,10 +70,9 @@ def load_apps(env: Mapping[str, str], accounts_file: str | None, *, unionid: boo
     environment; at least one of either. ``unionid`` marks every service account as bound to
     an Open Platform account (``WXPUSH_UNIONID``)."""
     data = _read_file(accounts_file) if accounts_file else None
-    if data is not None:
-        accounts = _accounts_from_file(accounts_file or "", data)
-    else:
-        accounts = _accounts_from_env(env) if env.get("WXPUSH_APPID", "").strip() else {}
+    accounts = _accounts_from_file(accounts_file or "", data) if data is not None else {}
+    if not accounts and env.get("WXPUSH_APPID", "").strip():  # a file of websites or clients
+        accounts = _accounts_from_env(env)
     websites = _websites(env, accounts_file, data)
     for name in websites:
         if name in accounts:
@@ -86,7 +87,7 @@ def load_apps(env: Mapping[str, str], accounts_file: str | None, *, unionid: boo
         )
     if unionid:
         accounts = {n: replace(a, unionid=True) for n, a in accounts.items()}
-    return Apps(accounts, websites)
+    return Apps(accounts, websites, load_clients(accounts_file, data))
 
 
 def load_accounts(env: Mapping[str, str], accounts_file: str | None) -> dict[str, Account]:
@@ -171,7 +172,7 @@ def _read_file(path: str) -> dict[str, Any]:
 def _accounts_from_file(path: str, data: Mapping[str, Any]) -> dict[str, Account]:
     variable = "WXPUSH_ACCOUNTS_FILE"
     tables = data.get("account")
-    if tables is None and data.get("website"):
+    if tables is None and (data.get("website") or data.get("client")):
         return {}  # a server of website logins only
     if not isinstance(tables, list) or not tables:
         raise SettingsError(variable, f"{path} has no [[account]] (or [[website]]) tables")

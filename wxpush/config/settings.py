@@ -23,6 +23,7 @@ from dotenv import dotenv_values
 
 from wxpush.config import values as v
 from wxpush.config.accounts import Account, WebsiteApp, load_apps, parse_value
+from wxpush.config.clients import Client
 from wxpush.config.policy import CallbackPolicy, LoginPolicy, SmsPolicy, TokenPolicy
 from wxpush.errors import SettingsError
 from wxpush.infra.redis_client import MAX_CONNECTIONS
@@ -40,6 +41,7 @@ class Settings:
 
     accounts: Mapping[str, Account] = field(default_factory=dict)
     websites: Mapping[str, WebsiteApp] = field(default_factory=dict)
+    clients: Mapping[str, Client] = field(default_factory=dict)
     accounts_file: str | None = _setting("WXPUSH_ACCOUNTS_FILE", v.text)
     redis_url: str | None = _setting("WXPUSH_REDIS_URL", v.redis_url)
     redis_connections: int = _setting(
@@ -135,7 +137,9 @@ class Settings:
             values[f.name] = parse_value(name, f.metadata["parse"], raw)
         settings = cls(**values)
         apps = load_apps(env, settings.accounts_file, unionid=settings.unionid)
-        settings = dataclasses.replace(settings, accounts=apps.accounts, websites=apps.websites)
+        settings = dataclasses.replace(
+            settings, accounts=apps.accounts, websites=apps.websites, clients=apps.clients
+        )
         _check_consistency(settings)
         return settings
 
@@ -187,7 +191,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
                 value = "***"
-            elif f.name in ("accounts", "websites"):
+            elif f.name in ("accounts", "websites", "clients"):
                 value = [repr(a) for a in value.values()]
             out[f.name] = value
         return out

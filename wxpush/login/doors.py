@@ -66,7 +66,7 @@ class Doors:
 
     async def start(
         self, kind: str | None, name: str | None, *, ip: str, base_url: str,
-        return_to: str | None = None,
+        return_to: str | None = None, oidc: str | None = None,
     ) -> Started:  # fmt: skip
         """A scene of ``kind`` (default ``follow``) for the app ``name``; ``base_url`` is the
         server's public URL (the redirect URI's), ``return_to`` already checked by the caller.
@@ -77,11 +77,11 @@ class Doors:
         """
         door = _kind(kind)
         if door == "follow":
-            return Started(await self.flow.create(name, ip=ip))
+            return Started(await self.flow.create(name, ip=ip, oidc=oidc))
         appid, name = self._app(door, name)
         await self.flow.limit_scenes(ip)
         ttl = min(self.flow.policy.qr_expire_seconds, REDIRECT_SECONDS)
-        scene, state = await self.flow.scenes.create_redirect(door, name, ttl, return_to)
+        scene, state = await self.flow.scenes.create_redirect(door, name, ttl, return_to, oidc)
         redirect_uri = f"{base_url.rstrip('/')}/wechat/{name}/oauth/redirect"
         started = Started(scene, authorize_url(self.connect_base, door, appid, redirect_uri, state))
         self.flow.metrics.scenes_created.labels(name).inc()

@@ -12,6 +12,10 @@ reader's hands — the issue failed, the reader was cancelled, or (:meth:`LoginF
 its socket closed before they could be sent — the tokens are revoked and the claim given back,
 so the next reader of the scene logs in. A claim is never cut short by a waiter's timeout: the
 long-poll stops waiting for news at its deadline, not in the middle of a read.
+
+A scene opened for an OIDC authorization request (SPEC §14) is claimed the same way, but its
+claimer gets the :class:`Handover`'s redirect to the client (with a code) instead of tokens;
+one that reaches no one is given back the same way, its code deleted.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ from wxpush.errors import BadRequest, NotFound
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.ratelimit import RateLimiter
 from wxpush.login.arrival import Arrival
+from wxpush.login.handover import Handover
 from wxpush.login.scenes import Person, Scene, SceneStore
 from wxpush.login.states import status_body
 from wxpush.people.schema import PROVIDER
 from wxpush.people.store import People
 from wxpush.sms.codes import SmsCodes
 from wxpush.sms.phone import normalize_phone
-from wxpush.tokens.service import TokenService, new_family
+from wxpush.tokens.refresh import new_family
+from wxpush.tokens.service import TokenService
 from wxpush.wechat.oauth import unionid_of
 
 logger = logging.getLogger(__name__)
@@ -62,13 +68,14 @@ class LoginFlow:
     limiter: RateLimiter
     metrics: Metrics
     arrival: Arrival
+    handover: Handover | None = None
     # Give-backs still running (a task must be referenced until it is done).
     _undoing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     # -- scenes -----------------------------------------------------------------------------
 
-    async def create(self, account_name: str | None, *, ip: str) -> Scene:
-        """A new scene with its QR code, limited per IP."""
+    async def create(self, account_name: str | None, *, ip: str, oidc: str | None = None) -> Scene:
+        """A new scene with its QR code, limited per IP (``oidc``: for that OIDC request)."""
         account = self.account(account_name)
         await self.limit_scenes(ip)
         api = self.wechat[account.name]
@@ -76,7 +83,8 @@ class LoginFlow:
         async def make_qr(scene_str: str, expire_seconds: int) -> str:
             return (await api.create_qrcode(scene_str, expire_seconds)).url
 
-        scene = await self.scenes.create(account.name, self.policy.qr_expire_seconds, make_qr)
+        expire = self.policy.qr_expire_seconds
+        scene = await self.scenes.create(account.name, expire, make_qr, oidc)
         self.metrics.scenes_created.labels(account.name).inc()
         return scene
 
@@ -132,9 +140,7 @@ class LoginFlow:
             claim = await self.scenes.claim(scene_id, family)
             if claim is None:
                 return None
-            pair = await self.tokens.issue(
-                claim.user_id, new=claim.new, family=family, amr=claim.provider
-            )
+            pair = await self._login(claim.user_id, claim.new, family, claim.provider, claim.oidc)
         except asyncio.CancelledError:  # no answer will carry the tokens
             self._undo_later(scene_id, family)
             raise
@@ -143,11 +149,22 @@ class LoginFlow:
             raise
         return {**status_body("REG"), **pair}
 
+    async def _login(
+        self, user_id: str, new: bool, family: str, amr: str, oidc: str | None
+    ) -> dict[str, Any]:
+        """The tokens of a claim (or, for an OIDC request's scene, its hand-over)."""
+        if oidc is not None and self.handover is not None:
+            return await self.handover.hand_over(oidc, user_id, amr=amr, mark=family)
+        return await self.tokens.issue(user_id, new=new, family=family, amr=amr)
+
     def give_back(self, scene_id: str, state: dict[str, Any]) -> None:
-        """The login in ``state`` (a :meth:`state` with tokens) could not be handed to its
-        reader — its socket closed first: revoke the tokens and give the claim back, in the
-        background, so that the next reader of the scene logs in."""
-        self._undo_later(scene_id, refresh_token=state["refresh_token"])
+        """The login in ``state`` (a :meth:`state` with tokens, or a hand-over's redirect)
+        could not be handed to its reader — its socket closed first: revoke the tokens (or
+        the code) and give the claim back, in the background, so that the next reader of
+        the scene logs in."""
+        self._undo_later(
+            scene_id, refresh_token=state.get("refresh_token"), redirect=state.get("redirect")
+        )
 
     async def settle(self) -> None:
         """Wait for the give-backs still running (at shutdown, before Redis is closed)."""
@@ -164,22 +181,23 @@ class LoginFlow:
 
     def _undo_later(
         self, scene_id: str, family: str | None = None, *, refresh_token: str | None = None,
-        first_delay: float = 0.0,
+        redirect: str | None = None, first_delay: float = 0.0,
     ) -> None:  # fmt: skip
         task = asyncio.ensure_future(
-            self._undo_retrying(scene_id, family, refresh_token, first_delay)
+            self._undo_retrying(scene_id, family, refresh_token or redirect, first_delay)
         )
         self._undoing.add(task)
         task.add_done_callback(self._undoing.discard)
 
     async def _undo_retrying(
-        self, scene_id: str, family: str | None, refresh_token: str | None, delay: float
+        self, scene_id: str, family: str | None, handed: str | None, delay: float
     ) -> None:
+        """``handed``: the refresh token (or the hand-over's redirect) that reached no one."""
         for retry in (*GIVE_BACK_RETRIES, None):
             await asyncio.sleep(delay)
             try:
-                if family is None and refresh_token is not None:
-                    family = await self.tokens.family_of(refresh_token)
+                if family is None and handed is not None:
+                    family = await self._mark_of(handed)
                 if family is not None:
                     await self._revoke_and_release(scene_id, family)
                 return
@@ -188,6 +206,11 @@ class LoginFlow:
                     logger.warning("a login that reached no one could not be given back")
                     return
                 delay = retry
+
+    async def _mark_of(self, handed: str) -> str | None:
+        if "?" in handed and self.handover is not None:  # a redirect URL, not a token
+            return await self.handover.mark_of(handed)
+        return await self.tokens.family_of(handed)
 
     async def _revoke_and_release(self, scene_id: str, family: str) -> None:
         await self.tokens.revoke_family(family)
@@ -258,7 +281,7 @@ class LoginFlow:
             link_by_phone=self.policy.link_by_phone, login_only=self.policy.login_only,
             provider=scene.provider, unionid=scene.unionid,
         )  # fmt: skip
-        pair = await self._bound(scene_id, user.id, new, scene.provider)
+        pair = await self._bound(scene_id, user.id, new, scene.provider, scene.oidc)
         # The scene is no longer NOT_REG, so the code (valid for this scene only) can prove
         # nothing any more: spending it now is tidiness, and a failure here costs no one.
         with suppress(RedisError, OSError):
@@ -267,13 +290,13 @@ class LoginFlow:
         return {**status_body("REG"), **pair}
 
     async def _bound(
-        self, scene_id: str, user_id: str, new: bool, amr: str = PROVIDER
+        self, scene_id: str, user_id: str, new: bool, amr: str = PROVIDER, oidc: str | None = None
     ) -> dict[str, Any]:
         """Issue the tokens, then move the scene to ``REG`` claimed by them (as :meth:`_claim`,
         undone if anything stops it half-way)."""
         family = new_family()
         try:
-            pair = await self.tokens.issue(user_id, new=new, family=family, amr=amr)
+            pair = await self._login(user_id, new, family, amr, oidc)
             await self.scenes.mark_bound(scene_id, user_id=user_id, new=new, mark=family)
         except asyncio.CancelledError:
             self._undo_later(scene_id, family)

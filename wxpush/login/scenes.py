@@ -64,13 +64,13 @@ return 'OK'
 """
 
 # KEYS[1] scene; ARGV[1] the claim's mark (the family of the tokens it is for). Returns
-# {user_id, new, provider} to the one caller that claims, else the status.
+# {user_id, new, provider, oidc} to the one caller that claims, else the status.
 _CLAIM = """
-local s = redis.call('HMGET', KEYS[1], 'status', 'claimed', 'user_id', 'new', 'provider')
+local s = redis.call('HMGET', KEYS[1], 'status', 'claimed', 'user_id', 'new', 'provider', 'oidc')
 if s[1] ~= 'REG' then return s[1] or false end
 if s[2] == '1' then return 'CLAIMED' end
 redis.call('HSET', KEYS[1], 'claimed', '1', 'claim', ARGV[1])
-return {s[3], s[4], s[5] or ''}
+return {s[3], s[4], s[5] or '', s[6] or ''}
 """
 
 # KEYS[1] scene; ARGV[1] the mark of the claim to give back. Only that claim is undone (a
@@ -109,6 +109,7 @@ class Scene:
     appid: str | None = None  # the app the openid is of (kept with it, for the bind)
     unionid: str | None = None
     return_to: str | None = None
+    oidc: str | None = None  # the OIDC authorization request it logs in for (SPEC §14)
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
@@ -121,6 +122,7 @@ class Claim:
     user_id: str
     new: bool
     provider: str = MP  # the door's provider, named in the token's ``amr``
+    oidc: str | None = None  # handed over to that OIDC request instead of tokens
 
 
 QRMaker = Callable[[str, int], Awaitable[str]]  # (scene_str, expire_seconds) -> QR url
@@ -140,21 +142,25 @@ class SceneStore:
         self._claim = self._hot.register_script(_CLAIM)
         self._release = self._hot.register_script(_RELEASE)
 
-    async def create(self, account: str, expire_seconds: int, make_qr: QRMaker) -> Scene:
+    async def create(
+        self, account: str, expire_seconds: int, make_qr: QRMaker, oidc: str | None = None
+    ) -> Scene:
         """Create a scene and its temporary QR code (``scene_str = login:{id}``)."""
         scene_id = new_scene_id()
         qr_url = await make_qr(SCENE_PREFIX + scene_id, expire_seconds)
         expires_at = self._clock() + expire_seconds
         fields = {"account": account, "status": "LOOP", "qr_url": qr_url,
                   "expires_at": repr(expires_at), "claimed": "0"}  # fmt: skip
+        if oidc is not None:
+            fields["oidc"] = oidc
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(messages.key(scene_id), mapping=fields)
             pipe.expire(messages.key(scene_id), expire_seconds)
             await pipe.execute()
-        return Scene(scene_id, account, "LOOP", qr_url, expires_at)
+        return Scene(scene_id, account, "LOOP", qr_url, expires_at, oidc=oidc)
 
     async def create_redirect(
-        self, kind: Kind, account: str, ttl: int, return_to: str | None
+        self, kind: Kind, account: str, ttl: int, return_to: str | None, oidc: str | None = None
     ) -> tuple[Scene, str]:
         """A scene of a redirect door and the one-time ``state`` bound to it (SPEC §13): the
         scene id itself never goes into a URL given to WeChat."""
@@ -164,12 +170,16 @@ class SceneStore:
                   "expires_at": repr(expires_at), "claimed": "0"}  # fmt: skip
         if return_to is not None:
             fields["return_to"] = return_to
+        if oidc is not None:
+            fields["oidc"] = oidc
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(messages.key(scene_id), mapping=fields)
             pipe.expire(messages.key(scene_id), ttl)
             pipe.set(redirect_state.key(state), scene_id, ex=ttl)
             await pipe.execute()
-        scene = Scene(scene_id, account, "LOOP", "", expires_at, kind=kind, return_to=return_to)
+        scene = Scene(
+            scene_id, account, "LOOP", "", expires_at, kind=kind, return_to=return_to, oidc=oidc
+        )
         return scene, state
 
     async def get(self, scene_id: str) -> Scene | None:
@@ -195,6 +205,7 @@ class SceneStore:
             appid=f.get("appid") or None,
             unionid=f.get("unionid") or None,
             return_to=f.get("return_to") or None,
+            oidc=f.get("oidc") or None,
         )
 
     async def mark_scanned(self, scene_id: str, *, account: str, openid: str,
@@ -230,8 +241,8 @@ class SceneStore:
         """
         result = await self._claim(keys=[messages.key(scene_id)], args=[mark])
         if isinstance(result, list):
-            user_id, new, provider = (v.decode() for v in result)
-            return Claim(user_id, new == "1", provider or MP)
+            user_id, new, provider, oidc = (v.decode() for v in result)
+            return Claim(user_id, new == "1", provider or MP, oidc or None)
         return None
 
     async def release(self, scene_id: str, mark: str) -> None:

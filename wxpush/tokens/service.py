@@ -1,30 +1,20 @@
-"""Access tokens (JWT) and refresh tokens (opaque, rotated, in Redis).
+"""Access tokens (JWT), and the refresh tokens of :mod:`.refresh`, issued together.
 
 Access tokens are JWTs signed by the one :class:`~wxpush.tokens.keys.Signer` (ES256 with a
 key file, or HS256 with ``WXPUSH_JWT_SECRET``); :meth:`TokenService.verify` answers every
-failure with the same 401. Time comes from
-an injectable clock, so ``exp``/``iat`` are checked by us rather than by PyJWT's wall clock.
-
-Refresh tokens are 256 random bits handed to the client once; Redis only ever sees their
-SHA-256. Each belongs to a *family* (one login). Using one spends it and issues the next of
-the same family in one Lua script, so two concurrent refreshes cannot both win. A spent token
-is remembered as spent for the rest of its lifetime: presenting it again means it leaked
-(or the client raced itself), and the whole family is revoked (RFC 9700 §4.14.2)::
-
-    wxpush:rt:<sha256>     hash {family, user, state: live|spent}   TTL = refresh_token_ttl
-    wxpush:rtf:<family>    set of the family's live token hashes    deleted on revocation
-
-A token is live only while its hash is in its family's set, so revoking a family is a single
-``DEL``. Redis errors propagate; the app turns them into 503s.
+failure with the same 401. Time comes from an injectable clock, so ``exp``/``iat`` are checked
+by us rather than by PyJWT's wall clock. An OIDC client's access token (SPEC §14) has ``aud``
+= ``client_id`` and the ``client_id`` and ``scope`` claims; wxpush's own has ``aud`` =
+``WXPUSH_JWT_AUDIENCE``. An ``id_token`` has no ``jti``, so it never passes as an access token.
+Redis errors propagate; the app turns them into 503s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,49 +23,15 @@ from redis.asyncio import Redis
 
 from wxpush.config.policy import TokenPolicy
 from wxpush.errors import Unauthorized
-from wxpush.infra.pipeline import HotCommands, hot_commands
+from wxpush.infra.pipeline import HotCommands
 from wxpush.tokens.keys import Signer
+from wxpush.tokens.refresh import RefreshToken, RefreshTokens, new_family
 
 logger = logging.getLogger(__name__)
 
 AMR = ("wechat_mp",)
 IAT_LEEWAY = 30  # seconds of clock skew tolerated between the hosts that issue and verify
 _REQUIRED = ["exp", "iat", "sub", "iss", "aud", "jti"]
-_RT_KEYS = "wxpush:rt:"
-_RTF_KEYS = "wxpush:rtf:"
-
-# KEYS: the new token, its family set. ARGV: the token's hash, family, user, ttl, amr. A
-# login's first refresh token, in one round trip on the hot path (a REG frame waits for it).
-_ISSUE = """
-redis.call('HSET', KEYS[1], 'family', ARGV[2], 'user', ARGV[3], 'state', 'live', 'amr', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return 1
-"""
-
-# KEYS: old token, family set, new token. ARGV: old hash, new hash, family, ttl.
-_ROTATE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'invalid'} end
-if state ~= 'live' then
-  redis.call('DEL', KEYS[2])
-  return {'reused'}
-end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'invalid'} end
-local user = redis.call('HGET', KEYS[1], 'user')
-local amr = redis.call('HGET', KEYS[1], 'amr') or ''
-redis.call('HSET', KEYS[1], 'state', 'spent')
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], 'family', ARGV[3], 'user', user, 'state', 'live', 'amr', amr)
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {'ok', user, amr}
-"""
-
-
-# --- the service ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +43,21 @@ class Claims:
     issued_at: int
     expires_at: int
     amr: tuple[str, ...]
+    client_id: str | None = None  # an OIDC client's token (SPEC §14); None: wxpush's own
+    scope: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGrant:
+    """What an OIDC client was granted: its id, the scope, the door (``amr``), and the
+    ``jti`` and refresh-token ``family`` chosen before the tokens are (to revoke them by)."""
+
+    client_id: str
+    scope: str
+    amr: str
+    jti: str
+    family: str
+    refresh: bool  # offline_access was granted
 
 
 class TokenService:
@@ -98,14 +69,15 @@ class TokenService:
         redis: Redis,
         hot: HotCommands | None = None,
         *,
+        clients: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``hot`` (default ``redis``) carries :meth:`issue`, which a login's frame waits for."""
+        """``hot`` (default ``redis``) carries :meth:`issue`, which a login's frame waits for;
+        ``clients`` are the OIDC client ids, the other audiences an access token may have."""
         self._policy = policy
-        self._redis = redis
+        self._audiences = [policy.audience, *clients]
         self._clock = clock
-        self._rotate = redis.register_script(_ROTATE)
-        self._issue = hot_commands(redis, hot).register_script(_ISSUE)
+        self._refresh = RefreshTokens(redis, hot, policy.refresh_ttl)
         self.signer = Signer(policy)
         self.kid = self.signer.kid
 
@@ -122,41 +94,43 @@ class TokenService:
         ``amr`` names the door (SPEC §12: ``wechat_mp``, ``wechat_open``); the family's
         refreshed tokens keep it.
         """
-        refresh_token = secrets.token_urlsafe(32)
-        family = family or new_family()
-        digest = _digest(refresh_token)
-        ttl = self._policy.refresh_ttl
-        keys = [_token_key(digest), _family_key(family)]
-        await self._issue(keys=keys, args=[digest, family, user_id, ttl, amr])
+        refresh_token = await self._refresh.new(user_id, family or new_family(), amr)
         return self._pair(user_id, refresh_token, new=new, amr=amr)
 
-    async def refresh(self, refresh_token: str) -> dict[str, Any]:
-        """Spend ``refresh_token`` and return a new pair of the same family.
+    async def issue_client(self, user_id: str, grant: ClientGrant) -> dict[str, Any]:
+        """An OIDC client's tokens (RFC 6749 §5.1): the access token with ``grant.jti``, and a
+        refresh token of ``grant.family`` when ``offline_access`` was granted."""
+        access = self._access_token(user_id, grant.amr, grant, jti=grant.jti)
+        answer = {"access_token": access, "token_type": "Bearer",
+                  "expires_in": self._policy.access_ttl, "scope": grant.scope}  # fmt: skip
+        if grant.refresh:
+            answer["refresh_token"] = await self._refresh.new(
+                user_id, grant.family, grant.amr, grant.client_id, grant.scope
+            )
+        return answer
+
+    async def refresh(self, refresh_token: str, *, client_id: str | None = None) -> dict[str, Any]:
+        """Spend ``refresh_token`` and return a new pair of the same family; a client's token
+        only at that client (``client_id``), and wxpush's own only without one.
 
         Raises:
             Unauthorized: ``invalid_refresh_token`` (unknown, expired or revoked), or
                 ``refresh_token_reused`` (already spent: the family is now revoked).
         """
-        digest = _digest(refresh_token)
-        family = await self._redis.hget(_token_key(digest), "family")
-        if family is None:
-            raise _invalid_refresh()
-        new_token = secrets.token_urlsafe(32)
-        new_digest = _digest(new_token)
-        family, ttl = _text(family), self._policy.refresh_ttl
-        keys = [_token_key(digest), _family_key(family), _token_key(new_digest)]
-        args: list[str | int] = [digest, new_digest, family, ttl]
-        result = await self._rotate(keys=keys, args=args)
-        outcome = _text(result[0])
-        if outcome == "reused":
-            logger.warning("a spent refresh token was presented again; its family is revoked")
-            raise Unauthorized(
-                "This refresh token was already used; log in again.", code="refresh_token_reused"
-            )
-        if outcome != "ok":
-            raise _invalid_refresh()
-        amr = _text(result[2]) if len(result) > 2 and result[2] else AMR[0]
-        return self._pair(_text(result[1]), new_token, new=False, amr=amr)
+        token, new_token = await self._refresh.rotate(refresh_token, client_id)
+        user, amr = token.user_id, token.amr or AMR[0]
+        if client_id is None:
+            return self._pair(user, new_token, new=False, amr=amr)
+        grant = ClientGrant(client_id, token.scope, amr, new_jti(), token.family, refresh=True)
+        return {"access_token": self._access_token(user, amr, grant, jti=grant.jti),
+                "token_type": "Bearer", "expires_in": self._policy.access_ttl,
+                "scope": grant.scope, "refresh_token": new_token}  # fmt: skip
+
+    async def describe(self, refresh_token: str) -> RefreshToken | None:
+        return await self._refresh.describe(refresh_token)
+
+    async def end_client(self, user_id: str, client_id: str) -> None:
+        await self._refresh.end_client(user_id, client_id)
 
     async def logout(self, refresh_token: str) -> None:
         """Revoke the family of ``refresh_token``; an unknown token is not an error."""
@@ -165,14 +139,10 @@ class TokenService:
             await self.revoke_family(family)
 
     async def family_of(self, refresh_token: str) -> str | None:
-        """The family of a refresh token, or ``None`` for an unknown one."""
-        family = await self._redis.hget(_token_key(_digest(refresh_token)), "family")
-        return None if family is None else _text(family)
+        return await self._refresh.family_of(refresh_token)
 
     async def revoke_family(self, family: str) -> None:
-        """End a login: none of its refresh tokens works any more (one ``DEL``; a family
-        that never existed is not an error)."""
-        await self._redis.delete(_family_key(family))
+        await self._refresh.revoke_family(family)
 
     def verify(self, access_token: str) -> Claims:
         """Check signature, algorithm, ``kid``, audience, issuer and lifetime.
@@ -184,7 +154,7 @@ class TokenService:
         try:
             decoded = self.signer.decode(
                 access_token,
-                audience=self._policy.audience,
+                audience=self._audiences,
                 issuer=self._policy.issuer,
                 # exp and iat are checked below against our clock, not PyJWT's.
                 options={"require": _REQUIRED, "verify_exp": False, "verify_iat": False},
@@ -205,7 +175,12 @@ class TokenService:
             raise jwt.InvalidTokenError("expired or not yet valid")
         if not isinstance(amr, list) or not all(isinstance(m, str) for m in amr):
             raise jwt.InvalidTokenError("amr must be a list of strings")
-        return Claims(payload["sub"], payload["jti"], iat, exp, tuple(amr))
+        client, scope = payload.get("client_id"), payload.get("scope", "")
+        if (client is not None and not isinstance(client, str)) or not isinstance(scope, str):
+            raise jwt.InvalidTokenError("client_id and scope must be strings")
+        if client is None and payload["aud"] != self._policy.audience:
+            raise jwt.InvalidTokenError("a client's audience without its client_id")
+        return Claims(payload["sub"], payload["jti"], iat, exp, tuple(amr), client, scope)
 
     def _pair(self, user_id: str, refresh_token: str, *, new: bool, amr: str) -> dict[str, Any]:
         return {
@@ -216,42 +191,31 @@ class TokenService:
             "user": {"id": user_id, "new": new},
         }
 
-    def _access_token(self, user_id: str, amr: str) -> str:
+    def _access_token(
+        self, user_id: str, amr: str, grant: ClientGrant | None = None, *, jti: str | None = None
+    ) -> str:
         now = int(self._clock())
-        payload = {
+        payload: dict[str, Any] = {
             "iss": self._policy.issuer,
             "sub": user_id,
-            "aud": self._policy.audience,
+            "aud": self._policy.audience if grant is None else grant.client_id,
             "iat": now,
             "exp": now + self._policy.access_ttl,
-            "jti": secrets.token_urlsafe(16),
+            "jti": jti or new_jti(),
             "amr": [amr],
         }
+        if grant is not None:
+            payload["client_id"], payload["scope"] = grant.client_id, grant.scope
         return self.signer.sign(payload)
 
+    def now(self) -> int:
+        return int(self._clock())
 
-def new_family() -> str:
-    """A fresh refresh-token family id (not a secret: a token of the family is needed to use it)."""
+    @property
+    def policy(self) -> TokenPolicy:
+        return self._policy
+
+
+def new_jti() -> str:
+    """A fresh access-token id (the handle of its revocation)."""
     return secrets.token_urlsafe(16)
-
-
-def _digest(refresh_token: str) -> str:
-    return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
-
-
-def _token_key(digest: str) -> str:
-    return _RT_KEYS + digest
-
-
-def _family_key(family: str) -> str:
-    return _RTF_KEYS + family
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _invalid_refresh() -> Unauthorized:
-    return Unauthorized(
-        "The refresh token is unknown, expired or revoked.", code="invalid_refresh_token"
-    )

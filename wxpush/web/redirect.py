@@ -64,14 +64,46 @@ TEXTS: dict[str, tuple[str, str]] = {
         "The login service is briefly unavailable. Go back and try again in a moment.",
         "登录服务暂时不可用。请稍后返回重试。",
     ),
+    "unknown_client": (
+        "The site that sent you here is not known to this login server. Go back to it.",
+        "将您引导至此的网站未在本登录服务登记。请返回该网站。",
+    ),
+    "bad_redirect_uri": (
+        "The site asked to send you back to an address it has not registered, so the login "
+        "stops here. Go back to the site.",
+        "该网站要求跳转到一个未登记的地址，登录已停止。请返回该网站。",
+    ),
+    "bad_logout": (
+        "This logout link is not valid. You may close this page.",
+        "此退出登录链接无效。您可以关闭此页面。",
+    ),
+    "bad_post_logout_redirect_uri": (
+        "The site asked to send you to an address it has not registered after logging out. "
+        "You may close this page.",
+        "该网站要求退出后跳转到一个未登记的地址。您可以关闭此页面。",
+    ),
+    "logged_out": (
+        "You are logged out. You may close this page.",
+        "您已退出登录。您可以关闭此页面。",
+    ),
     "failed": (
         "This login could not be completed. Go back and try again.",
         "此次登录未能完成。请返回重试。",
     ),
 }
 TITLES = {
-    "en": {"logged_in": "Logged in", "finish_on_screen": "Almost there", "": "Login not completed"},
-    "zh": {"logged_in": "登录成功", "finish_on_screen": "还差一步", "": "登录未完成"},
+    "en": {
+        "logged_in": "Logged in",
+        "finish_on_screen": "Almost there",
+        "logged_out": "Logged out",
+        "": "Login not completed",
+    },
+    "zh": {
+        "logged_in": "登录成功",
+        "finish_on_screen": "还差一步",
+        "logged_out": "已退出登录",
+        "": "登录未完成",
+    },
 }
 
 

@@ -48,10 +48,13 @@ async def create(request: Request) -> JSONResponse:
         raise BadRequest(
             "return_to must be an http(s) URL on an allowed origin.", code="bad_return_to"
         )
+    oidc = text_field(data, "oidc", optional=True, max_length=64)
+    if oidc is not None:  # a scene of the hosted OIDC page: the request's client's door only
+        await request.state.oidc.request_for_scene(oidc, kind or "follow")
     base = base_url(request)
     doors: Doors = request.state.doors
     started = await doors.start(
-        kind, account, ip=client_ip(request), base_url=base, return_to=return_to
+        kind, account, ip=client_ip(request), base_url=base, return_to=return_to, oidc=oidc
     )
     scene = started.scene
     api = f"{base}/api/v1/scenes/{scene.id}"

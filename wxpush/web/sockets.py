@@ -129,7 +129,7 @@ async def _deliver(
     """Send one state; ``False`` when the client has left. A login (a state with tokens)
     that cannot be sent — the client left while it was being claimed — is given back, so the
     scene's next reader gets it instead of no one."""
-    if "refresh_token" not in state:
+    if "refresh_token" not in state and "redirect" not in state:
         await send({"type": "websocket.send", "text": _compact(state)})
         return True
     if waiter.stopped:

@@ -1,0 +1,200 @@
+"""Refresh tokens: opaque, rotated, in Redis (SPEC §3; an OIDC client's, §14).
+
+A refresh token is 256 random bits handed to the client once; Redis only ever sees its
+SHA-256. Each belongs to a *family* (one login). Using one spends it and issues the next of
+the same family in one Lua script, so two concurrent refreshes cannot both win. A spent token
+is remembered as spent for the rest of its lifetime: presenting it again means it leaked
+(or the client raced itself), and the whole family is revoked (RFC 9700 §4.14.2)::
+
+    wxpush:rt:<sha256>     hash {family, user, state: live|spent, amr, client, scope}
+                                                                    TTL = refresh_token_ttl
+    wxpush:rtf:<family>    set of the family's live token hashes    deleted on revocation
+    wxpush:rtu:<user>:<client>  the families of one person at one OIDC client (for logout)
+
+A token is live only while its hash is in its family's set, so revoking a family is a single
+``DEL``. A token of an OIDC client carries that client: it refreshes only there (wxpush's own
+only at ``/api/v1/token/refresh``), and a token presented at the wrong place is not spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from wxpush.errors import Unauthorized
+from wxpush.infra.pipeline import HotCommands, hot_commands
+
+logger = logging.getLogger(__name__)
+
+_RT_KEYS = "wxpush:rt:"
+_RTF_KEYS = "wxpush:rtf:"
+_RTU_KEYS = "wxpush:rtu:"
+
+# KEYS: the new token, its family set, (a client's) the person's families there. ARGV: the
+# token's hash, family, user, ttl, amr, client ('' = wxpush's own), scope. A login's first
+# refresh token, in one round trip on the hot path (a REG frame waits for it).
+_ISSUE = """
+redis.call('HSET', KEYS[1], 'family', ARGV[2], 'user', ARGV[3], 'state', 'live', 'amr', ARGV[5],
+           'client', ARGV[6], 'scope', ARGV[7])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if KEYS[3] then
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: old token, family set, new token. ARGV: old hash, new hash, family, ttl, the client
+# presenting it ('' = wxpush's own API): a token of another client is not spent.
+_ROTATE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'invalid'} end
+if (redis.call('HGET', KEYS[1], 'client') or '') ~= ARGV[5] then return {'invalid'} end
+if state ~= 'live' then
+  redis.call('DEL', KEYS[2])
+  return {'reused'}
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return {'invalid'} end
+local user = redis.call('HGET', KEYS[1], 'user')
+local amr = redis.call('HGET', KEYS[1], 'amr') or ''
+local scope = redis.call('HGET', KEYS[1], 'scope') or ''
+redis.call('HSET', KEYS[1], 'state', 'spent')
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'family', ARGV[3], 'user', user, 'state', 'live', 'amr', amr,
+           'client', ARGV[5], 'scope', scope)
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {'ok', user, amr, scope}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    """What a refresh token is: whose, of which login and client, and whether it still works."""
+
+    family: str
+    user_id: str
+    client_id: str | None
+    scope: str
+    live: bool
+    amr: str = ""
+
+
+class RefreshTokens:
+    """The refresh tokens in Redis; ``hot`` carries a login's first one (see the docstring)."""
+
+    def __init__(self, redis: Redis, hot: HotCommands | None, ttl: int) -> None:
+        self._redis = redis
+        self._ttl = ttl
+        self._rotate = redis.register_script(_ROTATE)
+        self._issue = hot_commands(redis, hot).register_script(_ISSUE)
+
+    async def new(
+        self, user_id: str, family: str, amr: str, client_id: str | None = None, scope: str = ""
+    ) -> str:
+        """A new live token of ``family``."""
+        token = secrets.token_urlsafe(32)
+        digest = _digest(token)
+        keys = [_token_key(digest), _family_key(family)]
+        if client_id is not None:
+            keys.append(_user_client_key(user_id, client_id))
+        args: list[str | int] = [digest, family, user_id, self._ttl, amr, client_id or "", scope]
+        await self._issue(keys=keys, args=args)
+        return token
+
+    async def rotate(self, token: str, client_id: str | None) -> tuple[RefreshToken, str]:
+        """Spend ``token`` and return what it was with the next token of its family.
+
+        Raises:
+            Unauthorized: ``invalid_refresh_token`` (unknown, expired, revoked or another
+                client's), or ``refresh_token_reused`` (already spent: the family is revoked).
+        """
+        digest = _digest(token)
+        family = await self._redis.hget(_token_key(digest), "family")
+        if family is None:
+            raise _invalid_refresh()
+        new_token = secrets.token_urlsafe(32)
+        new_digest = _digest(new_token)
+        family = _text(family)
+        keys = [_token_key(digest), _family_key(family), _token_key(new_digest)]
+        args: list[str | int] = [digest, new_digest, family, self._ttl, client_id or ""]
+        result = await self._rotate(keys=keys, args=args)
+        outcome = _text(result[0])
+        if outcome == "reused":
+            logger.warning("a spent refresh token was presented again; its family is revoked")
+            raise Unauthorized(
+                "This refresh token was already used; log in again.", code="refresh_token_reused"
+            )
+        if outcome != "ok":
+            raise _invalid_refresh()
+        user, amr, scope = (_text(item) for item in result[1:4])
+        return RefreshToken(family, user, client_id, scope, True, amr), new_token
+
+    async def describe(self, token: str) -> RefreshToken | None:
+        """What ``token`` is (live: unspent and its family not revoked), or ``None``."""
+        digest = _digest(token)
+        raw: dict[Any, Any] = await self._redis.hgetall(_token_key(digest))
+        if not raw:
+            return None
+        f = {_text(k): _text(v) for k, v in raw.items()}
+        in_family = await self._redis.sismember(_family_key(f["family"]), digest)
+        live = f.get("state") == "live" and bool(in_family)
+        client = f.get("client") or None
+        return RefreshToken(
+            f["family"], f["user"], client, f.get("scope", ""), live, f.get("amr", "")
+        )
+
+    async def end_client(self, user_id: str, client_id: str) -> None:
+        """Log the person out of one client: every family issued there ends."""
+        key = _user_client_key(user_id, client_id)
+        families = await self._redis.smembers(key)
+        await self._redis.delete(key, *(_family_key(_text(f)) for f in families))
+
+    async def family_of(self, token: str) -> str | None:
+        """The family of a token, or ``None`` for an unknown one."""
+        family = await self._redis.hget(_token_key(_digest(token)), "family")
+        return None if family is None else _text(family)
+
+    async def revoke_family(self, family: str) -> None:
+        """End a login: none of its tokens works any more (one ``DEL``; a family that never
+        existed is not an error)."""
+        await self._redis.delete(_family_key(family))
+
+
+def new_family() -> str:
+    """A fresh refresh-token family id (not a secret: a token of the family is needed to use it)."""
+    return secrets.token_urlsafe(16)
+
+
+def _user_client_key(user_id: str, client_id: str) -> str:
+    return f"{_RTU_KEYS}{user_id}:{client_id}"
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _token_key(digest: str) -> str:
+    return _RT_KEYS + digest
+
+
+def _family_key(family: str) -> str:
+    return _RTF_KEYS + family
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _invalid_refresh() -> Unauthorized:
+    return Unauthorized(
+        "The refresh token is unknown, expired or revoked.", code="invalid_refresh_token"
+    )
