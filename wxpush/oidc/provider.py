@@ -26,7 +26,6 @@ from wxpush.oidc.codes import Codes, Grant
 from wxpush.oidc.errors import OAuthError, PageError, invalid_request, invalid_token
 from wxpush.oidc.grants import TokenEndpoint
 from wxpush.people.store import People
-from wxpush.tokens.revocation import Revocations
 from wxpush.tokens.service import Claims, TokenService
 
 logger = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class Provider:
         self.tokens = tokens
         self.requests = Requests(redis)
         self.codes = Codes(redis)
-        self.revocations = Revocations(redis, tokens.policy.access_ttl)
+        self.revocations = tokens.revocations
         self.endpoint = TokenEndpoint(tokens, self.codes, self.revocations)
         self._people = people
 
@@ -133,12 +132,9 @@ class Provider:
     async def claims(self, access_token: str) -> Claims:
         """A verified access token that has not been revoked or logged out (else 401)."""
         try:
-            claims = self.tokens.verify(access_token)
+            return await self.tokens.verify_live(access_token)
         except Unauthorized as exc:
             raise invalid_token() from exc
-        if await self.revocations.refused(claims):
-            raise invalid_token()
-        return claims
 
     async def userinfo(self, access_token: str) -> dict[str, Any]:
         """``{"sub"}``, and the phone with the ``phone`` scope (OIDC Core §5.4)."""

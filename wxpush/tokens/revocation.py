@@ -14,9 +14,10 @@ A token's marks share the person's hash tag, so one ``MGET`` checks them on a Re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wxpush.tokens.service import Claims
+if TYPE_CHECKING:
+    from wxpush.tokens.service import Claims
 
 _PREFIX = "wxpush:revoked:"
 EVERY_CLIENT = "*"

@@ -26,6 +26,7 @@ from wxpush.errors import Unauthorized
 from wxpush.infra.pipeline import HotCommands
 from wxpush.tokens.keys import Signer
 from wxpush.tokens.refresh import RefreshToken, RefreshTokens, new_family
+from wxpush.tokens.revocation import Revocations
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class TokenService:
         self._audiences = [policy.audience, *clients]
         self._clock = clock
         self._refresh = RefreshTokens(redis, hot, policy.refresh_ttl)
+        self.revocations = Revocations(redis, policy.access_ttl)
         self.signer = Signer(policy)
         self.kid = self.signer.kid
 
@@ -164,6 +166,16 @@ class TokenService:
             raise Unauthorized(
                 "The access token is missing, invalid or expired.", code="invalid_token"
             ) from exc
+        return claims
+
+    async def verify_live(self, access_token: str) -> Claims:
+        """:meth:`verify`, and not revoked or logged out since (SPEC §14: immediate inside
+        wxpush). Raises :class:`Unauthorized` ``invalid_token`` the same way."""
+        claims = self.verify(access_token)
+        if await self.revocations.refused(claims):
+            raise Unauthorized(
+                "The access token is missing, invalid or expired.", code="invalid_token"
+            )
         return claims
 
     def _claims(self, header: dict[str, Any], payload: dict[str, Any]) -> Claims:

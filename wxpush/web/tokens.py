@@ -36,7 +36,7 @@ async def me(request: Request) -> JSONResponse:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("Send the access token as 'Authorization: Bearer …'.",
                            code="invalid_token")  # fmt: skip
-    claims = _tokens(request).verify(token.strip())
+    claims = await _tokens(request).verify_live(token.strip())
     people: People = request.state.people
     user = await people.get_user(claims.user_id)
     if user is None:
