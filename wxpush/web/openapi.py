@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from wxpush import __version__
+from wxpush.web import openapi_oidc
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -46,7 +47,8 @@ PATHS: dict[str, dict[str, Any]] = {
                 "kind follow (default): the service account's QR code; website: the Open "
                 "Platform's QR code through WxLogin.js; oauth: a page opened inside WeChat "
                 "goes to authorize_url. The redirect doors' scenes live at most 600 s. Errors: "
-                "bad_kind, kind_unavailable, unknown_account, bad_return_to."
+                "bad_kind, kind_unavailable, unknown_account, bad_return_to, "
+                "oidc_request_expired (410)."
             ),
             "requestBody": _body(
                 {
@@ -57,12 +59,18 @@ PATHS: dict[str, dict[str, Any]] = {
                         "description": "redirect doors: where the person is sent back (an "
                         "URL on an allowed origin); the widget there resumes the scene",
                     },
+                    "oidc": {
+                        **_STR,
+                        "description": "the hosted OIDC page's request id: the scene logs in "
+                        "for it, and its REG state carries redirect (to the client, with a "
+                        "code) instead of tokens",
+                    },
                 },
                 [],
             ),
             "responses": {
                 "201": _json({"$ref": "#/components/schemas/NewScene"}, "Created"),
-                **_errors(400, 408, 413, 429, 502),
+                **_errors(400, 408, 410, 413, 429, 502),
             },
         }
     },
@@ -238,7 +246,8 @@ SCHEMAS: dict[str, Any] = {
     "SceneState": {"type": "object", "required": ["status", "code"], "properties": {
         "status": _STATUS, "code": {"type": "integer"}, "claimed": {"type": "boolean"},
         "expires_in": {"type": "integer"}, "access_token": _STR, "token_type": _STR,
-        "refresh_token": _STR, "user": {"$ref": "#/components/schemas/UserRef"}}},
+        "refresh_token": _STR, "user": {"$ref": "#/components/schemas/UserRef"},
+        "redirect": {**_STR, "description": "an OIDC request's scene: on to the client"}}},
     "Tokens": {"type": "object", "properties": {
         "status": _STATUS, "code": {"type": "integer"}, "access_token": _STR,
         "token_type": _STR, "expires_in": {"type": "integer"}, "refresh_token": _STR,
@@ -258,10 +267,11 @@ def document() -> dict[str, Any]:
         "info": {"title": "wxpush", "version": __version__,
                  "description": "WeChat login (service-account QR, website QR, in-WeChat) "
                                 "with instant push."},
-        "paths": PATHS,
+        "paths": {**PATHS, **openapi_oidc.PATHS},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **openapi_oidc.SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "bearerFormat": "JWT"}},
+                                           "bearerFormat": "JWT"},
+                                "clientBasic": {"type": "http", "scheme": "basic"}},
         },
     }  # fmt: skip
