@@ -76,6 +76,10 @@ def test_demo_settings_have_every_door(tmp_path: Path, monkeypatch: pytest.Monke
     assert settings.unionid and all(a.unionid for a in settings.accounts.values())
     again = demo_settings("127.0.0.1", 8123)
     assert again.websites["website"].secret != settings.websites["website"].secret
+    # an OIDC provider too: its own URL is the issuer, and the README's Authlib site its client
+    assert settings.jwt_issuer == "http://127.0.0.1:8123"
+    demo_client = settings.clients["demo"]
+    assert demo_client.public and "http://127.0.0.1:8001/callback" in demo_client.redirect_uris
 
 
 def test_demo_shows_wechats_oauth_screens(demo: str) -> None:

@@ -25,6 +25,7 @@ WIDGET = {
     "/": ("text/html", "<html"),
     "/static/wxpush.js": ("text/javascript", "WxPush"),
     "/static/wxpush-doors.js": ("text/javascript", "MicroMessenger"),  # imported by wxpush.js
+    "/static/wxpush-oidc.js": ("text/javascript", "wxpush-oidc"),  # the hosted OIDC page's
     "/static/wxpush.css": ("text/css", "--wxpush-accent"),
 }
 

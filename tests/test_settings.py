@@ -148,6 +148,58 @@ def test_a_bad_accounts_file_names_the_file_and_the_field(
     assert needle in str(caught.value)
 
 
+CLIENT = 'client_id = "shop"\nredirect_uris = ["https://shop.example/cb"]\n'
+
+
+def test_oidc_clients_from_the_accounts_file(tmp_path: Path) -> None:
+    path = tmp_path / "clients.toml"
+    path.write_text(
+        f"""
+[[client]]
+{CLIENT}client_secret = "sixteen-chars-or-more"
+post_logout_redirect_uris = ["https://shop.example/"]
+
+[[client]]
+client_id = "tv.app"
+redirect_uris = ["http://127.0.0.1:9000/cb", "https://tv.example/cb"]
+door = "follow"
+""",
+        encoding="utf-8",
+    )
+    s = load(WXPUSH_ACCOUNTS_FILE=str(path))  # clients only: the account comes from WXPUSH_APPID
+    assert list(s.accounts) == ["default"] and list(s.clients) == ["shop", "tv.app"]
+    shop, tv = s.clients["shop"], s.clients["tv.app"]
+    assert not shop.public and shop.door == "auto"
+    assert shop.post_logout_redirect_uris == ("https://shop.example/",)
+    assert tv.public and tv.door == "follow" and len(tv.redirect_uris) == 2
+    assert "sixteen" not in repr(shop) and "sixteen" not in str(s.redacted())
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[[client]]\nredirect_uris = ["https://a.example/cb"]\n', "client_id"),
+        ('[[client]]\nclient_id = "shop"\n', "redirect_uris"),
+        ('[[client]]\nclient_id = "a b"\nredirect_uris = ["https://a.example/cb"]\n',
+         "client_id"),
+        (f'[[client]]\n{CLIENT}client_secret = "short"\n', "at least 16"),
+        ('[[client]]\nclient_id = "x"\nredirect_uris = ["https://a.example/cb#f"]\n',
+         "fragment"),
+        ('[[client]]\nclient_id = "x"\nredirect_uris = ["/relative"]\n', "absolute"),
+        ('[[client]]\nclient_id = "x"\nredirect_uris = "https://a.example/cb"\n', "list"),
+        (f'[[client]]\n{CLIENT}door = "oauth"\n', "door"),
+        (f'[[client]]\n{CLIENT}secret = "typo-of-client-secret"\n', "not a client setting"),
+        (f"[[client]]\n{CLIENT}" * 2, "repeats"),
+    ],
+)  # fmt: skip
+def test_a_bad_client_names_the_file_and_the_field(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "clients.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        load(WXPUSH_ACCOUNTS_FILE=str(path))
+    assert str(caught.value).startswith("WXPUSH_ACCOUNTS_FILE") and needle in str(caught.value)
+
+
 def test_missing_accounts_file() -> None:
     with pytest.raises(SettingsError, match="WXPUSH_ACCOUNTS_FILE: cannot read"):
         Settings.from_env({"WXPUSH_ACCOUNTS_FILE": "/nonexistent/accounts.toml"}, dotenv=None)

@@ -10,20 +10,33 @@ across restarts): the service account's and a sandbox website app's (the ``websi
 both bound to one Open Platform account (``WXPUSH_UNIONID=1``), so a sandbox person is one
 user through every door. The secrets, Token and EncodingAESKey are new on every start
 (callbacks run in safe mode, as most accounts do).
+
+It is an OpenID Connect provider too (SPEC §14): its issuer is its own URL, and unless the
+accounts file names clients it has one, the public client ``demo`` (PKCE) of a relying party on
+``http://127.0.0.1:8001`` or ``http://localhost:8001`` (``/callback``; back to ``/`` after a
+logout) — the README's Authlib example.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import secrets
 
 from dotenv import dotenv_values
 
+from wxpush.config.clients import Client
 from wxpush.config.settings import Settings
 
 DEMO_APPID = "wxsandboxdemo0001"
 DEMO_WEBSITE_APPID = "wxsandboxweb00001"
+DEMO_RP = ("http://127.0.0.1:8001", "http://localhost:8001")
+DEMO_CLIENT = Client(
+    client_id="demo",
+    redirect_uris=tuple(f"{rp}/callback" for rp in DEMO_RP),
+    post_logout_redirect_uris=tuple(f"{rp}/" for rp in DEMO_RP),
+)
 
 
 def demo_settings(host: str, port: int) -> Settings:
@@ -50,7 +63,12 @@ def demo_settings(host: str, port: int) -> Settings:
         "WXPUSH_WECHAT_CONNECT_BASE": sandbox,
     }
     dotenv = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-    return Settings.from_env({**defaults, **dotenv, **os.environ, **forced}, dotenv=None)
+    env = {**defaults, **dotenv, **os.environ, **forced}
+    env.setdefault("WXPUSH_JWT_ISSUER", env.get("WXPUSH_PUBLIC_URL") or f"http://{netloc}")
+    settings = Settings.from_env(env, dotenv=None)
+    if not settings.clients:
+        settings = dataclasses.replace(settings, clients={DEMO_CLIENT.client_id: DEMO_CLIENT})
+    return settings
 
 
 def demo_url(settings: Settings) -> str:
