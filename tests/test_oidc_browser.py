@@ -17,6 +17,9 @@ import hashlib
 import html
 import json
 import re
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,9 +40,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from tests import test_widget
-from tests.procs import run_demo
+from tests.procs import run_demo, stop_group
 from tests.server import serve
-from tests.test_widget import choose_new_person, phone_page
+from tests.test_widget import choose_new_person, phone_page, scan_known
 from tests.test_widget_doors import (
     BUTTON,
     IN_WECHAT,
@@ -49,7 +52,7 @@ from tests.test_widget_doors import (
     sms_code,
     website_qr,
 )
-from tests.util import TIMEOUT, free_port
+from tests.util import TIMEOUT, free_port, wait_for
 
 with warnings.catch_warnings():  # Authlib's notice that it would rather use httpx2 than httpx
     warnings.simplefilter("ignore", AuthlibDeprecationWarning)
@@ -71,6 +74,7 @@ NUMBER = "13900139301"
 class Servers:
     demo: str  # wxpush demo, also the issuer
     rp: str  # the relying party
+    readme_rp: str  # where the README's example site is to run (client ``demo``)
 
 
 @dataclass
@@ -86,7 +90,7 @@ class Login:
         return str(self.shown["userinfo"]["sub"])
 
 
-def accounts_file(path: Path, rp: str) -> str:
+def accounts_file(path: Path, rp: str, readme_rp: str) -> str:
     tables = []
     for name, (door, _, _) in CLIENTS.items():
         secret = f'client_secret = "{SECRETS[name]}"\n' if name in SECRETS else ""
@@ -94,6 +98,7 @@ def accounts_file(path: Path, rp: str) -> str:
             f'[[client]]\nclient_id = "{name}"\n{secret}redirect_uris = ["{rp}/callback/{name}"]\n'
             f'post_logout_redirect_uris = ["{rp}/bye/{name}"]\ndoor = "{door}"\n'
         )
+    tables.append(f'[[client]]\nclient_id = "demo"\nredirect_uris = ["{readme_rp}/callback"]\n')
     path.write_text("\n".join(tables), encoding="utf-8")
     return str(path)
 
@@ -155,13 +160,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     workdir = tmp_path_factory.mktemp("oidc-browser")
     demo_port, rp_port = free_port(), free_port()
     demo, rp = f"http://127.0.0.1:{demo_port}", f"http://127.0.0.1:{rp_port}"
-    clients = accounts_file(workdir / "clients.toml", rp)
+    readme_rp = f"http://127.0.0.1:{free_port()}"
+    clients = accounts_file(workdir / "clients.toml", rp, readme_rp)
     with (
         run_demo(workdir, demo_port, WXPUSH_ACCOUNTS_FILE=clients, WXPUSH_JWT_ISSUER=demo) as up,
         serve(relying_party(demo, rp), rp_port),
     ):
         assert up == demo
-        yield Servers(demo, rp)
+        yield Servers(demo, rp, readme_rp)
 
 
 def to_hosted_page(page: sync_api.Page, servers: Servers, name: str) -> dict[str, str]:
@@ -350,3 +356,46 @@ def test_in_wechat_door_leaves_for_consent_and_comes_back(
     assert userinfo(servers, login) == {
         "sub": first.login.sub, "phone_number": "+86" + NUMBER, "phone_number_verified": True,
     }  # fmt: skip
+
+
+def readme_example(demo: str, rp: str) -> str:
+    """The README's Authlib site, pointed at this demo and this port."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"```python\n(# rp\.py:.*?)```", readme, re.S)
+    assert found, "the README's OIDC example is gone"
+    return found.group(1).replace("http://127.0.0.1:8000", demo).replace(
+        "http://127.0.0.1:8001", rp).replace("port=8001", f"port={urlsplit(rp).port}")  # fmt: skip
+
+
+def test_the_readme_example_logs_in(
+    servers: Servers, first: First, browser: sync_api.Browser, tmp_path: Path
+) -> None:
+    """The README's few lines of Authlib, run as they are: a known person logs in to them."""
+    script = tmp_path / "rp.py"
+    script.write_text(readme_example(servers.demo, servers.readme_rp), encoding="utf-8")
+    log = (tmp_path / "rp.log").open("wb")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: _answers(servers.readme_rp, proc, tmp_path / "rp.log"))
+        with browsing(browser) as ctx:
+            page = ctx.new_page()
+            page.goto(servers.readme_rp + "/")
+            link = page.locator('[data-wxpush="qr-link"]')
+            sync_api.expect(link).to_have_attribute("href", re.compile(r"/sandbox/phone\?ticket="))
+            scan_known(ctx, link.get_attribute("href") or "", first.person)
+            page.wait_for_url(re.compile(re.escape(servers.readme_rp + "/callback?")))
+            shown = json.loads(page.locator("body").inner_text())
+        assert shown == {"sub": first.login.sub, "phone_number": "+86" + NUMBER,
+                         "phone_number_verified": True}  # fmt: skip
+    finally:
+        stop_group(proc, signal.SIGTERM)
+        log.close()
+
+
+def _answers(base: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    assert proc.poll() is None, log.read_text(errors="replace")
+    try:
+        return httpx.get(base + "/", timeout=1).status_code == 302
+    except httpx.TransportError:
+        return False
