@@ -91,10 +91,7 @@ class Provider:
             Gone: ``oidc_request_expired`` (start again at the site).
             BadRequest: ``kind_unavailable`` when the client's door is not ``kind``.
         """
-        request = await self.requests.get(request_id)
-        if request is None:
-            raise Gone("This login request has expired; start again from the site.",
-                       code="oidc_request_expired")  # fmt: skip
+        request = await self._waiting(request_id)
         if kind not in KINDS_OF_DOOR[request.door]:
             raise BadRequest(f"This client logs in through the {request.door} door.",
                              code="kind_unavailable")  # fmt: skip
@@ -104,10 +101,7 @@ class Provider:
         self, request_id: str, user_id: str, *, amr: str, mark: str
     ) -> dict[str, Any]:
         """The claimed scene's person, given to the client: ``{"redirect": …}`` with a code."""
-        request = await self.requests.get(request_id)
-        if request is None:
-            raise Gone("This login request has expired; start again from the site.",
-                       code="oidc_request_expired")  # fmt: skip
+        request = await self._waiting(request_id)
         grant = Grant(
             client_id=request.client_id, redirect_uri=request.redirect_uri, scope=request.scope,
             nonce=request.nonce, code_challenge=request.code_challenge, user_id=user_id,
@@ -115,6 +109,13 @@ class Provider:
         )  # fmt: skip
         code = await self.codes.issue(grant, mark)
         return {"redirect": self.back_to(request.redirect_uri, {"code": code}, request.state)}
+
+    async def _waiting(self, request_id: str) -> AuthRequest:
+        request = await self.requests.get(request_id)
+        if request is None:
+            raise Gone("This login request has expired; start again from the site.",
+                       code="oidc_request_expired")  # fmt: skip
+        return request
 
     async def mark_of(self, redirect: str) -> str | None:
         """A hand-over that reached no one: its code deleted, its claim's mark returned."""

@@ -11,7 +11,10 @@ from typing import Any
 _STR = {"type": "string"}
 _OAUTH_ERROR = {"$ref": "#/components/schemas/OAuthError"}
 _FORM = "application/x-www-form-urlencoded"
-_CLIENT_AUTH = [{"clientBasic": []}, {}]  # client_secret_basic, or the form (post / none)
+_CLIENT_AUTH: list[dict[str, list[str]]] = [
+    {"clientBasic": []},
+    {},
+]  # client_secret_basic, or the form (post / none)
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
