@@ -125,7 +125,7 @@ def lifespan(
                 for name, account in settings.accounts.items()
             }
             tokens = TokenService(settings.token_policy(), redis, hot, clients=settings.clients)
-            oidc = Provider(settings.clients, tokens, people, redis)
+            oidc = Provider(settings.clients, tokens, people, redis, hot)
             sms_policy = settings.sms_policy()
             sms = SmsCodes(sms_policy, redis, make_provider(sms_policy, http=http, redis=redis))
             scenes, login_policy = SceneStore(redis, hot), settings.login_policy()

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from wxpush.config.clients import Client, ClientDoor
+from wxpush.infra.pipeline import HotCommands, hot_commands
 from wxpush.oidc.errors import PageError, RedirectError
 
 SCOPES = ("openid", "phone", "offline_access")
@@ -105,10 +106,11 @@ def parse(clients: Mapping[str, Client], params: Mapping[str, Sequence[str]]) ->
 
 
 class Requests:
-    """Authorization requests waiting for their person, by id (see the module docstring)."""
+    """Authorization requests waiting for their person, by id (see the module docstring), on
+    the pipelined connection when there is one (a login's hand-over reads it)."""
 
-    def __init__(self, redis: Any) -> None:
-        self._redis = redis
+    def __init__(self, redis: Any, hot: HotCommands | None = None) -> None:
+        self._redis = hot_commands(redis, hot)
 
     async def keep(self, request: AuthRequest) -> str:
         request_id = secrets.token_urlsafe(24)

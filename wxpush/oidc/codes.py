@@ -20,6 +20,8 @@ import secrets
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from wxpush.infra.pipeline import HotCommands, hot_commands
+
 CODE_SECONDS = 60
 USED_SECONDS = 600
 _KEY = "wxpush:oidc:code:"
@@ -72,9 +74,11 @@ class Spent:
 class Codes:
     """The codes in Redis (see the module docstring)."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, hot: HotCommands | None = None) -> None:
+        """``hot`` (the pipelined connection) carries the spend, the token endpoint's one
+        command: concurrent exchanges share it rather than queue for the pool."""
         self._redis = redis
-        self._spend = redis.register_script(_SPEND)
+        self._spend = hot_commands(redis, hot).register_script(_SPEND)
         self._take_back = redis.register_script(_TAKE_BACK)
 
     async def issue(self, grant: Grant, mark: str) -> str:

@@ -21,6 +21,7 @@ import jwt
 
 from wxpush.config.clients import Client
 from wxpush.errors import BadRequest, Gone, Unauthorized
+from wxpush.infra.pipeline import HotCommands
 from wxpush.oidc.authorize import AuthRequest, Requests
 from wxpush.oidc.codes import Codes, Grant
 from wxpush.oidc.errors import OAuthError, PageError, invalid_request, invalid_token
@@ -37,12 +38,14 @@ class Provider:
     """The OIDC provider of one server (built once in the lifespan)."""
 
     def __init__(
-        self, clients: Mapping[str, Client], tokens: TokenService, people: People, redis: Any
-    ) -> None:
+        self, clients: Mapping[str, Client], tokens: TokenService, people: People, redis: Any,
+        hot: HotCommands | None = None,
+    ) -> None:  # fmt: skip
+        """``hot``: the pipelined connection, for the commands of a login and of a token."""
         self.clients = clients
         self.tokens = tokens
-        self.requests = Requests(redis)
-        self.codes = Codes(redis)
+        self.requests = Requests(redis, hot)
+        self.codes = Codes(redis, hot)
         self.revocations = tokens.revocations
         self.endpoint = TokenEndpoint(tokens, self.codes, self.revocations)
         self._people = people
