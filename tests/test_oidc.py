@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -344,3 +345,16 @@ def test_the_flow_on_postgresql(
     info = site.client.get("/oidc/userinfo", headers=bearer(tokens["access_token"])).json()
     assert info["phone_number"] == "+86" + test_login.PHONE
     assert test_login.count_rows(postgres_db_url, "users") == 1
+
+
+def test_an_issuer_that_is_not_the_public_url_is_warned_of(
+    start: Callable[..., Site], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="wxpush.lifespan"):
+        start(WXPUSH_ACCOUNTS_FILE=clients_file(tmp_path))  # the issuer is "wxpush"
+    assert any("WXPUSH_JWT_ISSUER" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wxpush.lifespan"):
+        start(WXPUSH_ACCOUNTS_FILE=clients_file(tmp_path), WXPUSH_PUBLIC_URL="https://id.example",
+              WXPUSH_JWT_ISSUER="https://id.example")  # fmt: skip
+    assert not any("WXPUSH_JWT_ISSUER" in r.getMessage() for r in caplog.records)

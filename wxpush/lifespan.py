@@ -150,6 +150,15 @@ def lifespan(
             listener = asyncio.create_task(hub.run(), name="wxpush-hub")
             stack.push_async_callback(_stop, listener, hub)
             logger.info("wxpush ready: accounts %s", ", ".join(settings.accounts))
+            issuer, public = settings.jwt_issuer, settings.public_url
+            if settings.clients and (
+                not issuer.startswith(("https://", "http://")) or public not in (None, issuer)
+            ):
+                logger.warning(
+                    "OIDC clients are configured but WXPUSH_JWT_ISSUER (%s) is not "
+                    "WXPUSH_PUBLIC_URL: strict OIDC clients refuse an issuer that is not the "
+                    "URL they discovered it at", settings.jwt_issuer,
+                )  # fmt: skip
             settle_gc()
             yield State(
                 settings=settings, redis=redis, engine=engine, http=http, wechat=wechat,
