@@ -146,6 +146,30 @@ def serving(app: Any, name: str) -> Iterator[str]:
         thread.join(START_TIMEOUT)
 
 
+def split_cores(
+    no_pin: bool, pinned_as: str
+) -> tuple[tuple[set[int] | None, set[int] | None], str]:
+    """Core 0 for the server(s), the others for everything else (unless ``no_pin`` or one
+    core); returns the two CPU sets and the report's words for it (``pinned_as`` when pinned)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cores) < 2:
+        return (None, None), "not pinned"
+    return ({cores[0]}, set(cores[1:])), pinned_as
+
+
+@contextlib.contextmanager
+def stand_ins() -> Iterator[tuple[FakeWeChat, Inbox, Credentials]]:
+    """The fake WeChat and the SMS inbox, each served in a thread; the account's credentials."""
+    fake, inbox = FakeWeChat(), Inbox()
+    creds = replace(Credentials.generate(), appid=fake.appid, secret=fake.secret)
+    with (
+        serving(fake.app(), "fake-wechat") as fake_url,
+        serving(inbox_app(inbox), "sms-inbox") as inbox_url,
+    ):
+        fake.url, inbox.url = fake_url, inbox_url + "/sms"
+        yield fake, inbox, creds
+
+
 def inbox_app(inbox: Inbox) -> Starlette:
     async def receive(request: Request) -> JSONResponse:
         sent = await request.json()
@@ -702,24 +726,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.warmup <= 1000 or not 30 <= args.deadline <= 3600:
         parser.error("--warmup must be 1..1000 and --deadline 30..3600 s")
 
-    cores = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cores) >= 2
-    cpus = ({cores[0]}, set(cores[1:])) if pin else (None, None)
-    where = "servers on core 0; Redis, the client and the fake on the others" if pin else (
-        "not pinned")  # fmt: skip
+    cpus, where = split_cores(
+        args.no_pin, "servers on core 0; Redis, the client and the fake on the others"
+    )
     signal.signal(signal.SIGALRM, deadline)
     signal.alarm(args.deadline)
-    fake, inbox = FakeWeChat(), Inbox()
-    creds = replace(Credentials.generate(), appid=fake.appid, secret=fake.secret)
     servers: dict[str, Server] = {}
     with tempfile.TemporaryDirectory(prefix="wxpush-doors-") as scratch, pinned(cpus[1]):
         workdir = Path(scratch)
         try:
-            with (
-                serving(fake.app(), "fake-wechat") as fake_url,
-                serving(inbox_app(inbox), "sms-inbox") as inbox_url,
-            ):
-                fake.url, inbox.url = fake_url, inbox_url + "/sms"
+            with stand_ins() as (fake, inbox, creds):
                 trees = {"after": ROOT, "plain": ROOT}
                 if args.before:
                     trees["before"] = before_tree(args.before, workdir)

@@ -73,7 +73,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -94,19 +94,16 @@ from callback_http import (
     summarise_profile,
 )
 from doors import (
-    Inbox,
     Raw,
     Server,
     cpu_clock,
-    inbox_app,
     server_env,
-    serving,
+    split_cores,
+    stand_ins,
     start_server,
     stop_server,
 )
 from push import Others, pct, scan_request
-
-from tests.fakewechat import FakeWeChat
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = 10.0  # seconds any one request may take
@@ -822,25 +819,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
-    cores = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cores) >= 2
-    cpus = ({cores[0]}, set(cores[1:])) if pin else (None, None)
-    where = "the server on core 0; Redis, the clients, the fake and Chromium on the others" if (
-        pin) else "not pinned"  # fmt: skip
+    cpus, where = split_cores(
+        args.no_pin, "the server on core 0; Redis, the clients, the fake and Chromium on the others"
+    )
     signal.signal(signal.SIGALRM, deadline)
     signal.alarm(args.deadline)
-    fake, inbox = FakeWeChat(), Inbox()
-    creds = replace(Credentials.generate(), appid=fake.appid, secret=fake.secret)
     server: Server | None = None
     browser: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="wxpush-oidc-") as scratch, pinned(cpus[1]):
         workdir = Path(scratch)
         try:
-            with (
-                serving(fake.app(), "fake-wechat") as fake_url,
-                serving(inbox_app(inbox), "sms-inbox") as inbox_url,
-            ):
-                fake.url, inbox.url = fake_url, inbox_url + "/sms"
+            with stand_ins() as (fake, inbox, creds):
                 env = server_env(creds, fake, inbox, free_port(), workdir, "oidc")
                 env["WXPUSH_ACCOUNTS_FILE"] = str(clients_file(workdir))
                 env["WXPUSH_REQUIRE_PHONE"] = "false"
