@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -52,6 +53,7 @@ from wxpush.wechat.oauth import unionid_of
 
 logger = logging.getLogger(__name__)
 
+MarkFinder = Callable[[], Awaitable[str | None]]
 GIVE_BACK_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries while Redis is away
 SETTLE_TIMEOUT = 2.0  # how long a shutdown waits for the give-backs still running
 
@@ -162,9 +164,10 @@ class LoginFlow:
         could not be handed to its reader — its socket closed first: revoke the tokens (or
         the code) and give the claim back, in the background, so that the next reader of
         the scene logs in."""
-        self._undo_later(
-            scene_id, refresh_token=state.get("refresh_token"), redirect=state.get("redirect")
-        )
+        if "redirect" in state and self.handover is not None:
+            self._undo_later(scene_id, find=partial(self.handover.mark_of, state["redirect"]))
+        else:
+            self._undo_later(scene_id, find=partial(self.tokens.family_of, state["refresh_token"]))
 
     async def settle(self) -> None:
         """Wait for the give-backs still running (at shutdown, before Redis is closed)."""
@@ -180,24 +183,23 @@ class LoginFlow:
             self._undo_later(scene_id, family, first_delay=GIVE_BACK_RETRIES[0])
 
     def _undo_later(
-        self, scene_id: str, family: str | None = None, *, refresh_token: str | None = None,
-        redirect: str | None = None, first_delay: float = 0.0,
+        self, scene_id: str, family: str | None = None, *, find: MarkFinder | None = None,
+        first_delay: float = 0.0,
     ) -> None:  # fmt: skip
-        task = asyncio.ensure_future(
-            self._undo_retrying(scene_id, family, refresh_token or redirect, first_delay)
-        )
+        task = asyncio.ensure_future(self._undo_retrying(scene_id, family, find, first_delay))
         self._undoing.add(task)
         task.add_done_callback(self._undoing.discard)
 
     async def _undo_retrying(
-        self, scene_id: str, family: str | None, handed: str | None, delay: float
+        self, scene_id: str, family: str | None, find: MarkFinder | None, delay: float
     ) -> None:
-        """``handed``: the refresh token (or the hand-over's redirect) that reached no one."""
+        """``find``: where the claim's mark is when only what reached no one is known (the
+        refresh token's family, or the hand-over's code)."""
         for retry in (*GIVE_BACK_RETRIES, None):
             await asyncio.sleep(delay)
             try:
-                if family is None and handed is not None:
-                    family = await self._mark_of(handed)
+                if family is None and find is not None:
+                    family = await find()
                 if family is not None:
                     await self._revoke_and_release(scene_id, family)
                 return
@@ -206,11 +208,6 @@ class LoginFlow:
                     logger.warning("a login that reached no one could not be given back")
                     return
                 delay = retry
-
-    async def _mark_of(self, handed: str) -> str | None:
-        if "?" in handed and self.handover is not None:  # a redirect URL, not a token
-            return await self.handover.mark_of(handed)
-        return await self.tokens.family_of(handed)
 
     async def _revoke_and_release(self, scene_id: str, family: str) -> None:
         await self.tokens.revoke_family(family)

@@ -15,3 +15,9 @@ FINAL = frozenset({"REG", "EXPIRED"})
 def status_body(status: str) -> dict[str, Any]:
     """``{"status", "code"}``: the start of every answer about a scene."""
     return {"status": status, "code": CODES[status]}
+
+
+def hands_over(state: dict[str, Any]) -> bool:
+    """Does ``state`` carry a login — tokens, or an OIDC request's redirect with its code? One
+    that reaches no one must be given back (:meth:`~wxpush.login.flow.LoginFlow.give_back`)."""
+    return "refresh_token" in state or "redirect" in state

@@ -23,7 +23,6 @@ from wxpush.errors import Unauthorized
 from wxpush.oidc.codes import Codes, Grant
 from wxpush.oidc.errors import OAuthError, invalid_grant, invalid_request
 from wxpush.tokens.refresh import new_family
-from wxpush.tokens.revocation import Revocations
 from wxpush.tokens.service import ClientGrant, TokenService, new_jti
 
 logger = logging.getLogger(__name__)
@@ -34,10 +33,9 @@ _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 class TokenEndpoint:
     """The grants of ``/oidc/token`` for an authenticated client."""
 
-    def __init__(self, tokens: TokenService, codes: Codes, revocations: Revocations) -> None:
+    def __init__(self, tokens: TokenService, codes: Codes) -> None:
         self._tokens = tokens
         self._codes = codes
-        self._revocations = revocations
 
     async def grant(self, client: Client, form: Mapping[str, str]) -> dict[str, Any]:
         """The token response (RFC 6749 §5.1), or an :class:`OAuthError` (§5.2)."""
@@ -66,7 +64,7 @@ class TokenEndpoint:
         if not spent.first:
             logger.warning("an authorization code was used twice; what it issued is revoked")
             await self._tokens.revoke_family(spent.family)
-            await self._revocations.revoke(grant.user_id, spent.jti, spent.expires_at, now)
+            await self._tokens.revocations.revoke(grant.user_id, spent.jti, spent.expires_at, now)
             raise invalid_grant("The code was already used; the tokens it gave are revoked.")
         if grant.client_id != client.client_id:
             raise invalid_grant("The code was issued to another client.")

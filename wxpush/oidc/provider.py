@@ -46,8 +46,7 @@ class Provider:
         self.tokens = tokens
         self.requests = Requests(redis, hot)
         self.codes = Codes(redis, hot)
-        self.revocations = tokens.revocations
-        self.endpoint = TokenEndpoint(tokens, self.codes, self.revocations)
+        self.endpoint = TokenEndpoint(tokens, self.codes)
         self._people = people
 
     def metadata(self, base_url: str) -> dict[str, Any]:
@@ -154,13 +153,13 @@ class Provider:
     async def revoke(self, client: Client, token: str) -> None:
         """RFC 7009: a refresh token's family or an access token of ``client`` ends; anything
         else (unknown, another client's) is ignored, as §2.2 asks."""
-        if token.count(".") == 2:
+        if _is_jwt(token):
             try:
                 claims = self.tokens.verify(token)
             except Unauthorized:
                 return
             if claims.client_id == client.client_id:
-                await self.revocations.revoke(
+                await self.tokens.revocations.revoke(
                     claims.user_id, claims.jti, claims.expires_at, self.tokens.now()
                 )
             return
@@ -170,7 +169,7 @@ class Provider:
 
     async def introspect(self, client: Client, token: str) -> dict[str, Any]:
         """RFC 7662: what ``token`` is, if it is active."""
-        if token.count(".") == 2:
+        if _is_jwt(token):
             try:
                 claims = await self.claims(token)
             except OAuthError:
@@ -217,7 +216,7 @@ class Provider:
             raise PageError("bad_post_logout_redirect_uri")
         user_id, now = str(payload["sub"]), self.tokens.now()
         await self.tokens.end_client(user_id, client.client_id)
-        await self.revocations.end(user_id, client.client_id, now)
+        await self.tokens.revocations.end(user_id, client.client_id, now)
         if post_logout_redirect_uri is None:
             return None
         query = {"state": state} if state is not None else {}
@@ -230,3 +229,8 @@ def token_param(form: Mapping[str, str]) -> str:
     if not token:
         raise invalid_request("token is missing.")
     return token
+
+
+def _is_jwt(token: str) -> bool:
+    """An access token (a JWS compact serialization) rather than an opaque refresh token."""
+    return token.count(".") == 2

@@ -102,14 +102,12 @@ class TokenService:
     async def issue_client(self, user_id: str, grant: ClientGrant) -> dict[str, Any]:
         """An OIDC client's tokens (RFC 6749 §5.1): the access token with ``grant.jti``, and a
         refresh token of ``grant.family`` when ``offline_access`` was granted."""
-        access = self._access_token(user_id, grant.amr, grant, jti=grant.jti)
-        answer = {"access_token": access, "token_type": "Bearer",
-                  "expires_in": self._policy.access_ttl, "scope": grant.scope}  # fmt: skip
-        if grant.refresh:
-            answer["refresh_token"] = await self._refresh.new(
-                user_id, grant.family, grant.amr, grant.client_id, grant.scope
-            )
-        return answer
+        if not grant.refresh:
+            return self._client_answer(user_id, grant)
+        refresh_token = await self._refresh.new(
+            user_id, grant.family, grant.amr, grant.client_id, grant.scope
+        )
+        return {**self._client_answer(user_id, grant), "refresh_token": refresh_token}
 
     async def refresh(self, refresh_token: str, *, client_id: str | None = None) -> dict[str, Any]:
         """Spend ``refresh_token`` and return a new pair of the same family; a client's token
@@ -124,9 +122,7 @@ class TokenService:
         if client_id is None:
             return self._pair(user, new_token, new=False, amr=amr)
         grant = ClientGrant(client_id, token.scope, amr, new_jti(), token.family, refresh=True)
-        return {"access_token": self._access_token(user, amr, grant, jti=grant.jti),
-                "token_type": "Bearer", "expires_in": self._policy.access_ttl,
-                "scope": grant.scope, "refresh_token": new_token}  # fmt: skip
+        return {**self._client_answer(user, grant), "refresh_token": new_token}
 
     async def describe(self, refresh_token: str) -> RefreshToken | None:
         return await self._refresh.describe(refresh_token)
@@ -163,9 +159,7 @@ class TokenService:
             )
             claims = self._claims(decoded["header"], decoded["payload"])
         except jwt.PyJWTError as exc:
-            raise Unauthorized(
-                "The access token is missing, invalid or expired.", code="invalid_token"
-            ) from exc
+            raise _invalid_token() from exc
         return claims
 
     async def verify_live(self, access_token: str) -> Claims:
@@ -173,9 +167,7 @@ class TokenService:
         wxpush). Raises :class:`Unauthorized` ``invalid_token`` the same way."""
         claims = self.verify(access_token)
         if await self.revocations.refused(claims):
-            raise Unauthorized(
-                "The access token is missing, invalid or expired.", code="invalid_token"
-            )
+            raise _invalid_token()
         return claims
 
     def _claims(self, header: dict[str, Any], payload: dict[str, Any]) -> Claims:
@@ -202,6 +194,12 @@ class TokenService:
             "refresh_token": refresh_token,
             "user": {"id": user_id, "new": new},
         }
+
+    def _client_answer(self, user_id: str, grant: ClientGrant) -> dict[str, Any]:
+        """An OIDC client's access token, as the token endpoint answers it (RFC 6749 §5.1)."""
+        access_token = self._access_token(user_id, grant.amr, grant, jti=grant.jti)
+        return {"access_token": access_token, "token_type": "Bearer",
+                "expires_in": self._policy.access_ttl, "scope": grant.scope}  # fmt: skip
 
     def _access_token(
         self, user_id: str, amr: str, grant: ClientGrant | None = None, *, jti: str | None = None
@@ -231,3 +229,8 @@ class TokenService:
 def new_jti() -> str:
     """A fresh access-token id (the handle of its revocation)."""
     return secrets.token_urlsafe(16)
+
+
+def _invalid_token() -> Unauthorized:
+    """The one 401 of every access token refused, whatever the reason."""
+    return Unauthorized("The access token is missing, invalid or expired.", code="invalid_token")

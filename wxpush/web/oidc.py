@@ -68,8 +68,6 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 async def read_form(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (RFC 6749 §3.2); a repeated parameter is
     ``invalid_request`` (§3.1)."""
-    if request.method != "POST":
-        return _single(parse_qs(request.url.query, keep_blank_values=True))
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         raise invalid_request("Send the parameters as application/x-www-form-urlencoded.")

@@ -18,6 +18,7 @@ from wxpush.errors import WxpushError
 from wxpush.infra.metrics import Metrics
 from wxpush.login import messages
 from wxpush.login.flow import LoginFlow
+from wxpush.login.states import hands_over
 from wxpush.login.waiting import watch
 from wxpush.realtime.hub import Hub, Waiter
 from wxpush.web import access, origins
@@ -129,7 +130,7 @@ async def _deliver(
     """Send one state; ``False`` when the client has left. A login (a state with tokens)
     that cannot be sent — the client left while it was being claimed — is given back, so the
     scene's next reader gets it instead of no one."""
-    if "refresh_token" not in state and "redirect" not in state:
+    if not hands_over(state):
         await send({"type": "websocket.send", "text": _compact(state)})
         return True
     if waiter.stopped:
