@@ -455,3 +455,45 @@ async def test_a_claim_is_given_back_once_redis_is_back(
 
     state = await asyncio.wait_for(next_reader(), TIMEOUT * 2)
     assert state["user"] == {"id": "u1", "new": False}
+
+
+def test_a_socket_closing_during_an_oidc_hand_over_gives_it_to_the_next_reader(
+    start: Callable[..., Site], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """The hosted OIDC page's scene: its claim hands over a code instead of tokens; a socket
+    gone before the code reaches it gives the claim back, and that code is deleted."""
+    from tests import test_oidc
+    from wxpush.oidc.provider import Provider
+
+    gate, real = IssueGate(), Provider.hand_over
+
+    async def hand_over(self: Provider, request_id: str, user_id: str, **kw: Any) -> Any:
+        await gate.hold()
+        return await real(self, request_id, user_id, **kw)
+
+    monkeypatch.setattr(Provider, "hand_over", hand_over)
+    site = start(
+        WXPUSH_ACCOUNTS_FILE=test_oidc.clients_file(tmp_path), WXPUSH_REQUIRE_PHONE="false"
+    )
+    rid = test_oidc.request_id(test_oidc.authorize(site))
+    created = site.client.post("/api/v1/scenes", json={"oidc": rid}).json()
+    gate.armed = True
+
+    async def close_mid_hand_over() -> None:
+        async with connect(created["ws_url"]) as ws:
+            assert (await frame(ws))["status"] == "LOOP"
+            assert await asyncio.to_thread(site.scan, created, NEW_OPENID) == "Logged in"
+            assert await asyncio.to_thread(gate.entered.wait, TIMEOUT)
+        # the hosted page is gone before its redirect exists
+
+    asyncio.run(close_mid_hand_over())
+    gate.armed = False
+    gate.proceed.set()  # the socket's hand-over now makes its code, which reaches no one
+    state = wait_for(lambda: site.poll(created["scene"]).get("redirect"))
+    assert site.poll(created["scene"]) == {"status": "REG", "code": 3, "claimed": True}
+    store = redis.Redis.from_url(redis_url)
+    assert len(list(store.scan_iter("wxpush:oidc:code:*"))) == 1  # the lost one was deleted
+    store.close()
+    code = dict(httpx.QueryParams(httpx.URL(state).query))["code"]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": test_oidc.SHOP}
+    assert test_oidc.token(site, **form).status_code == 200  # the reader's own code works
