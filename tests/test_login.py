@@ -237,7 +237,10 @@ def test_a_new_person_binds_a_phone_and_logs_in(site: Site) -> None:
     assert me.status_code == 200
     assert me.json()["id"] == tokens["user"]["id"]
     assert me.json()["phone"] == "+86 138****8000"
-    assert [i["openid"] for i in me.json()["identities"]] == [NEW_OPENID]
+    identities = me.json()["identities"]
+    assert [i["openid_hint"] for i in identities] == ["…" + NEW_OPENID[-4:]]  # never it all
+    assert NEW_OPENID not in me.text
+    assert [i["provider"] for i in identities] == ["wechat_mp"]
 
     # the bind was the scene's one claim
     assert site.poll(scene) == {"status": "REG", "code": 3, "claimed": True}

@@ -36,6 +36,7 @@ from wxpush.web import (
     oidc,
     oidc_pages,
     openapi,
+    people,
     redirect,
     scenes,
     sockets,
@@ -77,7 +78,10 @@ def create_app(
         Route(scene + "/bind", scenes.bind, methods=["POST"]),
         Route("/api/v1/token/refresh", tokens.refresh, methods=["POST"]),
         Route("/api/v1/logout", tokens.logout, methods=["POST"]),
-        Route("/api/v1/me", tokens.me, methods=["GET"]),
+        Route("/api/v1/me", people.me, methods=["GET"]),
+        Route("/api/v1/me", people.delete_me, methods=["DELETE"]),
+        Route("/api/v1/me/identities", people.link, methods=["POST"]),
+        Route("/api/v1/me/identities/{identity}", people.unlink, methods=["DELETE"]),
         Route("/.well-known/jwks.json", tokens.jwks, methods=["GET"]),
         Route("/.well-known/openid-configuration", oidc.configuration, methods=["GET"]),
         Route("/oidc/authorize", oidc_pages.authorize, methods=["GET", "POST"]),
@@ -218,7 +222,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )

@@ -31,6 +31,7 @@ from wxpush.infra.sql import open_engine
 from wxpush.login.arrival import Arrival
 from wxpush.login.doors import Doors
 from wxpush.login.flow import LoginFlow
+from wxpush.login.linking import Linking
 from wxpush.login.redirect_state import RedirectStates
 from wxpush.login.scenes import SceneStore
 from wxpush.oidc.provider import Provider
@@ -116,7 +117,7 @@ def lifespan(
                 httpx.AsyncClient(timeout=HTTP_TIMEOUT, event_hooks=metrics.http_hooks())  # type: ignore[arg-type]
             )
             people = People(engine)
-            stack.callback(people.close)
+            stack.push_async_callback(people.aclose)  # before the engine is disposed
             await people.create_schema()
             wechat = {
                 name: WeChatAPI(
@@ -134,6 +135,7 @@ def lifespan(
                 policy=login_policy, accounts=settings.accounts, scenes=scenes, people=people,
                 tokens=tokens, sms=sms, wechat=wechat, limiter=RateLimiter(redis),
                 metrics=metrics, arrival=arrival, handover=oidc,
+                linking=Linking(scenes, people, metrics),
             )  # fmt: skip
             doors = Doors(
                 login, arrival, settings.websites, RedirectStates(redis),

@@ -24,6 +24,7 @@ class Scan:
     openid: str
     scene_id: str
     event: SubscribeEvent | ScanEvent
+    link: bool = False  # a link scene's QR code (``link:{id}``), not a login's
 
 
 class ScanHandler(Protocol):

@@ -1,7 +1,8 @@
 """What happens to a WeChat callback: check, decode, de-duplicate, dispatch, reply.
 
-A login scan (``subscribe`` with ``qrscene_login:{id}``, ``SCAN`` with ``login:{id}``) goes to
-the :class:`ScanHandler`; everything else is forwarded to ``WXPUSH_FORWARD_URL`` when set.
+A login scan (``subscribe`` with ``qrscene_login:{id}``, ``SCAN`` with ``login:{id}``; ``link:``
+for a link scene) goes to the :class:`ScanHandler`; everything else is forwarded to
+``WXPUSH_FORWARD_URL`` when set.
 
 WeChat gives up on an answer after 5 s and re-sends the event up to three times. So the whole
 answer is bounded by :data:`DEADLINE` (forwarding gets what is left of it), and every event is
@@ -36,6 +37,7 @@ from wxpush.wechat.messages import Message, ScanEvent, SubscribeEvent, parse_mes
 logger = logging.getLogger(__name__)
 
 LOGIN_PREFIX = "login:"
+LINK_PREFIX = "link:"  # a link scene's QR code (SPEC §15): a logged-in person adds this WeChat
 
 
 class CallbackService:
@@ -134,7 +136,7 @@ class CallbackService:
         once = Once(f"wxpush:dedup:{account.name}:{digest}", self._policy.dedup_seconds)
         if scene is not None and self._once_handler is not None:
             assert isinstance(message, SubscribeEvent | ScanEvent)
-            scan = Scan(account, message.from_user, scene, message)
+            scan = Scan(account, message.from_user, scene[0], message, link=scene[1])
             outcome = await self._once_handler(scan, once)
             if outcome is None:
                 return SUCCESS  # unknown, expired or already resolved: nothing to do
@@ -176,18 +178,20 @@ class CallbackService:
         scene = _login_scene(message)
         if scene is not None:
             assert isinstance(message, SubscribeEvent | ScanEvent)
-            text = await self._scan_handler(Scan(account, message.from_user, scene, message))
+            scan = Scan(account, message.from_user, scene[0], message, link=scene[1])
+            text = await self._scan_handler(scan)
             return self._scan_reply(account, message, text, encrypted)
         return await forward(self._http, self._policy.forward_url, inbound)
 
 
-def _login_scene(message: Message) -> str | None:
-    if not isinstance(message, SubscribeEvent | ScanEvent):
+def _login_scene(message: Message) -> tuple[str, bool] | None:
+    """The scene id a scan is of, and whether it is a link scene's."""
+    if not isinstance(message, SubscribeEvent | ScanEvent) or message.scene is None:
         return None
-    scene = message.scene
-    if scene is None or not scene.startswith(LOGIN_PREFIX):
-        return None
-    return scene[len(LOGIN_PREFIX) :] or None
+    for prefix, link in ((LOGIN_PREFIX, False), (LINK_PREFIX, True)):
+        if message.scene.startswith(prefix) and len(message.scene) > len(prefix):
+            return message.scene[len(prefix) :], link
+    return None
 
 
 def _param(query: Mapping[str, str], name: str) -> str:

@@ -21,6 +21,7 @@ from wxpush.config.policy import LoginPolicy
 from wxpush.errors import WxpushError
 from wxpush.infra.metrics import Metrics
 from wxpush.login.scenes import Person, SceneStore
+from wxpush.people.audit import NOWHERE, Origin
 from wxpush.people.schema import PROVIDER
 from wxpush.people.store import People
 
@@ -42,6 +43,7 @@ class Arrival:
     async def __call__(
         self, scene_id: str, *, account: str, openid: str, person: Person,
         lookup: UnionidLookup | None = None, once: Once | None = None,
+        origin: Origin = NOWHERE,
     ) -> str | Retried | None:  # fmt: skip
         """A person came through a door of ``account``'s scene: find who they are (SPEC §12:
         openid, else unionid, else unknown) and move the scene, ``REG`` or ``NOT_REG``.
@@ -50,23 +52,24 @@ class Arrival:
         unknown openid, within :data:`LOOKUP_SECONDS`; a failure decides without it).
         Returns the status moved to, :class:`Retried` for a callback's retry, ``None`` when
         the scene could not move (unknown, expired, another account's, already resolved).
+        ``origin`` (the door) goes into the audit rows of a person linked or registered here.
         """
         unionid = person.unionid
         user_id = await self.people.user_id_of(person.appid, openid, person.provider)
         if user_id is None and unionid is None and lookup is not None:
-            unionid = await _bounded(lookup)
+            unionid = await bounded(lookup)
             person = replace(person, unionid=unionid)
         if user_id is None and unionid is not None:
             user_id = await self.people.link_unionid(
-                person.appid, openid, provider=person.provider, unionid=unionid
+                person.appid, openid, provider=person.provider, unionid=unionid, origin=origin
             )
         new = False
         if user_id is None and not self.policy.require_phone and not self.policy.login_only:
             scene = await self.scenes.get(scene_id)  # no one is created for a dead scene
-            if scene is None or scene.account != account or scene.status != "LOOP":
+            if scene is None or scene.account != account or scene.status != "LOOP" or scene.link:
                 return None
             user, new = await self.people.register_openid(
-                person.appid, openid, provider=person.provider, unionid=unionid
+                person.appid, openid, provider=person.provider, unionid=unionid, origin=origin
             )
             user_id = user.id
         status = "NOT_REG" if user_id is None else "REG"
@@ -83,7 +86,7 @@ class Arrival:
         return status
 
 
-async def _bounded(lookup: UnionidLookup) -> str | None:
+async def bounded(lookup: UnionidLookup) -> str | None:
     """The unionid ``lookup`` finds within :data:`LOOKUP_SECONDS`; ``None`` on any failure
     (WeChat slow, refusing or unreachable, Redis away for the access_token): the person is
     then decided without it, never failed."""

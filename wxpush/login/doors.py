@@ -24,7 +24,8 @@ from wxpush.errors import BadRequest, WxpushError
 from wxpush.login.arrival import Arrival, UnionidLookup
 from wxpush.login.flow import LoginFlow
 from wxpush.login.redirect_state import RedirectStates
-from wxpush.login.scenes import KINDS, Kind, Person, Scene
+from wxpush.login.scenes import KINDS, Kind, Opened, Person, Scene
+from wxpush.people.audit import Origin
 from wxpush.people.schema import OPEN_PROVIDER, PROVIDER
 from wxpush.wechat.oauth import authorize_url, unionid_of, wxlogin_options, wxlogin_script
 
@@ -47,7 +48,8 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class Redirected:
-    """Where a redirect left its scene, and where to send the person (``None``: a page)."""
+    """Where a redirect left its scene (``REG``, ``NOT_REG``; a link scene's ``LINKED`` or
+    ``CONFLICT``), and where to send the person (``None``: a page)."""
 
     status: str
     return_to: str | None
@@ -66,10 +68,11 @@ class Doors:
 
     async def start(
         self, kind: str | None, name: str | None, *, ip: str, base_url: str,
-        return_to: str | None = None, oidc: str | None = None,
+        return_to: str | None = None, oidc: str | None = None, link: str | None = None,
     ) -> Started:  # fmt: skip
         """A scene of ``kind`` (default ``follow``) for the app ``name``; ``base_url`` is the
-        server's public URL (the redirect URI's), ``return_to`` already checked by the caller.
+        server's public URL (the redirect URI's), ``return_to`` already checked by the caller;
+        ``oidc`` an OIDC request's scene, ``link`` a link scene of that user (SPEC §15).
 
         Raises:
             BadRequest: ``bad_kind``, ``kind_unavailable`` (no app for that door),
@@ -77,11 +80,13 @@ class Doors:
         """
         door = _kind(kind)
         if door == "follow":
-            return Started(await self.flow.create(name, ip=ip, oidc=oidc))
+            return Started(await self.flow.create(name, ip=ip, oidc=oidc, link=link))
         appid, name = self._app(door, name)
         await self.flow.limit_scenes(ip)
         ttl = min(self.flow.policy.qr_expire_seconds, REDIRECT_SECONDS)
-        scene, state = await self.flow.scenes.create_redirect(door, name, ttl, return_to, oidc)
+        scene, state = await self.flow.scenes.create_redirect(
+            door, name, ttl, return_to, Opened(oidc, link, ip)
+        )
         redirect_uri = f"{base_url.rstrip('/')}/wechat/{name}/oauth/redirect"
         started = Started(scene, authorize_url(self.connect_base, door, appid, redirect_uri, state))
         self.flow.metrics.scenes_created.labels(name).inc()
@@ -140,9 +145,18 @@ class Doors:
                 return unionid_of(await api.user_info(grant.openid))
 
         person = Person(provider, app.appid, grant.unionid)
+        if scene.link is not None and self.flow.linking is not None:
+            moved = await self.flow.linking(
+                scene.id, account=scene.account, openid=grant.openid, person=person,
+                lookup=lookup,
+            )  # fmt: skip
+            if moved is None:
+                raise _state_invalid()
+            return "LINKED" if moved == "REG" else str(moved)
         moved = await self.arrival(
-            scene.id, account=scene.account, openid=grant.openid, person=person, lookup=lookup
-        )
+            scene.id, account=scene.account, openid=grant.openid, person=person, lookup=lookup,
+            origin=Origin(scene.kind, scene.ip),
+        )  # fmt: skip
         if moved is None:  # the scene ended meanwhile
             raise _state_invalid()
         if grant.unionid is not None and moved == "REG":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,9 +40,12 @@ from wxpush.errors import BadRequest, NotFound
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.ratelimit import RateLimiter
 from wxpush.login.arrival import Arrival
+from wxpush.login.giveback import GiveBacks
 from wxpush.login.handover import Handover
-from wxpush.login.scenes import Person, Scene, SceneStore
-from wxpush.login.states import status_body
+from wxpush.login.linking import REPLY_LINKED, REPLY_TAKEN, Linking
+from wxpush.login.scenes import Claim, Opened, Person, Scene, SceneStore
+from wxpush.login.states import LINKED, TAKEN, status_body
+from wxpush.people.audit import Origin
 from wxpush.people.schema import PROVIDER
 from wxpush.people.store import People
 from wxpush.sms.codes import SmsCodes
@@ -52,10 +55,6 @@ from wxpush.tokens.service import TokenService
 from wxpush.wechat.oauth import unionid_of
 
 logger = logging.getLogger(__name__)
-
-MarkFinder = Callable[[], Awaitable[str | None]]
-GIVE_BACK_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries while Redis is away
-SETTLE_TIMEOUT = 2.0  # how long a shutdown waits for the give-backs still running
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +70,20 @@ class LoginFlow:
     metrics: Metrics
     arrival: Arrival
     handover: Handover | None = None
-    # Give-backs still running (a task must be referenced until it is done).
-    _undoing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
+    linking: Linking | None = None
+    _give_backs: GiveBacks = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_give_backs", GiveBacks(self.tokens, self.scenes))
 
     # -- scenes -----------------------------------------------------------------------------
 
-    async def create(self, account_name: str | None, *, ip: str, oidc: str | None = None) -> Scene:
-        """A new scene with its QR code, limited per IP (``oidc``: for that OIDC request)."""
+    async def create(
+        self, account_name: str | None, *, ip: str, oidc: str | None = None,
+        link: str | None = None,
+    ) -> Scene:  # fmt: skip
+        """A new scene with its QR code, limited per IP (``oidc``: for that OIDC request;
+        ``link``: a link scene of that user)."""
         account = self.account(account_name)
         await self.limit_scenes(ip)
         api = self.wechat[account.name]
@@ -86,7 +92,7 @@ class LoginFlow:
             return (await api.create_qrcode(scene_str, expire_seconds)).url
 
         expire = self.policy.qr_expire_seconds
-        scene = await self.scenes.create(account.name, expire, make_qr, oidc)
+        scene = await self.scenes.create(account.name, expire, make_qr, Opened(oidc, link, ip))
         self.metrics.scenes_created.labels(account.name).inc()
         return scene
 
@@ -121,6 +127,10 @@ class LoginFlow:
     async def _state_of(self, scene_id: str, scene: Scene | None) -> dict[str, Any]:
         if scene is None:
             return status_body("EXPIRED")
+        if scene.status == "CONFLICT":
+            return dict(TAKEN)
+        if scene.link is not None and scene.status == "REG":
+            return dict(LINKED)
         if scene.status == "LOOP":
             return {**status_body("LOOP"), "expires_in": scene.expires_in(time.time())}
         if scene.status != "REG":
@@ -142,22 +152,26 @@ class LoginFlow:
             claim = await self.scenes.claim(scene_id, family)
             if claim is None:
                 return None
-            pair = await self._login(claim.user_id, claim.new, family, claim.provider, claim.oidc)
+            pair = await self._login(claim, family, Origin(claim.kind, claim.ip))
         except asyncio.CancelledError:  # no answer will carry the tokens
-            self._undo_later(scene_id, family)
+            self._give_backs.later(scene_id, family)
             raise
         except Exception:
-            await self._undo(scene_id, family)
+            await self._give_backs.now(scene_id, family)
             raise
         return {**status_body("REG"), **pair}
 
-    async def _login(
-        self, user_id: str, new: bool, family: str, amr: str, oidc: str | None
-    ) -> dict[str, Any]:
-        """The tokens of a claim (or, for an OIDC request's scene, its hand-over)."""
-        if oidc is not None and self.handover is not None:
-            return await self.handover.hand_over(oidc, user_id, amr=amr, mark=family)
-        return await self.tokens.issue(user_id, new=new, family=family, amr=amr)
+    async def _login(self, claim: Claim, family: str, origin: Origin) -> dict[str, Any]:
+        """The tokens of a claim (or, for an OIDC request's scene, its hand-over, which
+        writes the login's audit row with its client)."""
+        user_id, amr = claim.user_id, claim.provider
+        if claim.oidc is not None and self.handover is not None:
+            return await self.handover.hand_over(
+                claim.oidc, user_id, amr=amr, mark=family, origin=origin
+            )
+        pair = await self.tokens.issue(user_id, new=claim.new, family=family, amr=amr)
+        self.people.logins.note(user_id, origin)
+        return pair
 
     def give_back(self, scene_id: str, state: dict[str, Any]) -> None:
         """The login in ``state`` (a :meth:`state` with tokens, or a hand-over's redirect)
@@ -165,53 +179,15 @@ class LoginFlow:
         the code) and give the claim back, in the background, so that the next reader of
         the scene logs in."""
         if "redirect" in state and self.handover is not None:
-            self._undo_later(scene_id, find=partial(self.handover.mark_of, state["redirect"]))
+            self._give_backs.later(scene_id, find=partial(self.handover.mark_of, state["redirect"]))
         else:
-            self._undo_later(scene_id, find=partial(self.tokens.family_of, state["refresh_token"]))
+            self._give_backs.later(
+                scene_id, find=partial(self.tokens.family_of, state["refresh_token"])
+            )
 
     async def settle(self) -> None:
         """Wait for the give-backs still running (at shutdown, before Redis is closed)."""
-        if self._undoing:
-            await asyncio.wait(set(self._undoing), timeout=SETTLE_TIMEOUT)
-
-    async def _undo(self, scene_id: str, family: str) -> None:
-        """Revoke ``family`` and release its claim now; while Redis is away, keep trying in
-        the background (a claim left taken with no tokens out would lose the login)."""
-        try:
-            await self._revoke_and_release(scene_id, family)
-        except (RedisError, OSError):
-            self._undo_later(scene_id, family, first_delay=GIVE_BACK_RETRIES[0])
-
-    def _undo_later(
-        self, scene_id: str, family: str | None = None, *, find: MarkFinder | None = None,
-        first_delay: float = 0.0,
-    ) -> None:  # fmt: skip
-        task = asyncio.ensure_future(self._undo_retrying(scene_id, family, find, first_delay))
-        self._undoing.add(task)
-        task.add_done_callback(self._undoing.discard)
-
-    async def _undo_retrying(
-        self, scene_id: str, family: str | None, find: MarkFinder | None, delay: float
-    ) -> None:
-        """``find``: where the claim's mark is when only what reached no one is known (the
-        refresh token's family, or the hand-over's code)."""
-        for retry in (*GIVE_BACK_RETRIES, None):
-            await asyncio.sleep(delay)
-            try:
-                if family is None and find is not None:
-                    family = await find()
-                if family is not None:
-                    await self._revoke_and_release(scene_id, family)
-                return
-            except (RedisError, OSError):
-                if retry is None:
-                    logger.warning("a login that reached no one could not be given back")
-                    return
-                delay = retry
-
-    async def _revoke_and_release(self, scene_id: str, family: str) -> None:
-        await self.tokens.revoke_family(family)
-        await self.scenes.release(scene_id, family)
+        await self._give_backs.settle()
 
     async def qr_url(self, scene_id: str) -> str:
         scene = await self.scenes.get(scene_id)
@@ -237,15 +213,31 @@ class LoginFlow:
         async def unionid() -> str | None:
             return unionid_of(await self.wechat[account.name].user_info(scan.openid))
 
+        lookup = unionid if account.unionid else None
+        if scan.link:
+            return await self._on_link_scan(scan, person, lookup, once)
         moved = await self.arrival(
             scan.scene_id, account=account.name, openid=scan.openid, person=person,
-            lookup=unionid if account.unionid else None, once=once,
+            lookup=lookup, once=once, origin=Origin("follow"),
         )  # fmt: skip
         if moved is None or isinstance(moved, Retried):
             return moved
         if moved == "NOT_REG":
             return Claimed(self.policy.reply_finish_on_screen)
         return Claimed(self.policy.reply_logged_in)
+
+    async def _on_link_scan(
+        self, scan: Scan, person: Person, lookup: Any, once: Once
+    ) -> Claimed | Retried | None:
+        if self.linking is None:
+            return None
+        moved = await self.linking(
+            scan.scene_id, account=scan.account.name, openid=scan.openid, person=person,
+            lookup=lookup, once=once,
+        )  # fmt: skip
+        if moved is None or isinstance(moved, Retried):
+            return moved
+        return Claimed(REPLY_TAKEN if moved == "CONFLICT" else REPLY_LINKED)
 
     # -- phone binding ----------------------------------------------------------------------
 
@@ -255,7 +247,9 @@ class LoginFlow:
         phone = normalize_phone(phone_raw)
         return await self.sms.send(phone, ip=ip, scope=scene_id)
 
-    async def bind(self, scene_id: str, phone_raw: str, code: str) -> dict[str, Any]:
+    async def bind(
+        self, scene_id: str, phone_raw: str, code: str, *, ip: str | None = None
+    ) -> dict[str, Any]:
         """Check the code, link or create the person, and answer with the tokens.
 
         The code is spent only once the bind has gone through: a wrong one costs a try at
@@ -273,12 +267,14 @@ class LoginFlow:
         if scene.openid is None:  # pragma: no cover - NOT_REG always keeps the openid
             raise BadRequest("This login has no WeChat identity.", code="scene_state")
         appid = scene.appid or self.accounts[scene.account].appid
+        origin = Origin(scene.kind, ip)
         user, new = await self.people.bind_phone(
             appid, scene.openid, phone,
             link_by_phone=self.policy.link_by_phone, login_only=self.policy.login_only,
-            provider=scene.provider, unionid=scene.unionid,
+            provider=scene.provider, unionid=scene.unionid, origin=origin,
         )  # fmt: skip
-        pair = await self._bound(scene_id, user.id, new, scene.provider, scene.oidc)
+        claim = Claim(user.id, new, scene.provider, scene.oidc, scene.kind, ip)
+        pair = await self._bound(scene_id, claim, origin)
         # The scene is no longer NOT_REG, so the code (valid for this scene only) can prove
         # nothing any more: spending it now is tidiness, and a failure here costs no one.
         with suppress(RedisError, OSError):
@@ -286,20 +282,20 @@ class LoginFlow:
         self.metrics.transitions.labels("REG").inc()
         return {**status_body("REG"), **pair}
 
-    async def _bound(
-        self, scene_id: str, user_id: str, new: bool, amr: str = PROVIDER, oidc: str | None = None
-    ) -> dict[str, Any]:
+    async def _bound(self, scene_id: str, claim: Claim, origin: Origin) -> dict[str, Any]:
         """Issue the tokens, then move the scene to ``REG`` claimed by them (as :meth:`_claim`,
         undone if anything stops it half-way)."""
         family = new_family()
         try:
-            pair = await self._login(user_id, new, family, amr, oidc)
-            await self.scenes.mark_bound(scene_id, user_id=user_id, new=new, mark=family)
+            pair = await self._login(claim, family, origin)
+            await self.scenes.mark_bound(
+                scene_id, user_id=claim.user_id, new=claim.new, mark=family
+            )
         except asyncio.CancelledError:
-            self._undo_later(scene_id, family)
+            self._give_backs.later(scene_id, family)
             raise
         except Exception:
-            await self._undo(scene_id, family)
+            await self._give_backs.now(scene_id, family)
             raise
         return pair
 

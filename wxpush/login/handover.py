@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from wxpush.people.audit import Origin
+
 
 class Handover(Protocol):
     async def hand_over(
-        self, request_id: str, user_id: str, *, amr: str, mark: str
+        self, request_id: str, user_id: str, *, amr: str, mark: str, origin: Origin
     ) -> dict[str, Any]:
-        """The claimer's answer (``{"redirect": …}``); ``mark`` is the claim's."""
+        """The claimer's answer (``{"redirect": …}``); ``mark`` is the claim's. Writes the
+        login's audit row (``origin``, with the request's client)."""
         ...
 
     async def mark_of(self, redirect: str) -> str | None:

@@ -8,6 +8,8 @@ A scene is one login attempt (one QR code, one waiting browser), a Redis hash
       └──scan, new person──▶ NOT_REG ──bind phone──┘ (claimed by the bind itself)
     (key gone) = EXPIRED
 
+    a link scene (SPEC §15): LOOP ──scan──▶ REG (linked: no tokens) or CONFLICT
+
 Every transition is one Lua script, so two processes can never both move a scene, and the
 token is handed out exactly once: the first reader of an unclaimed ``REG`` scene flips
 ``claimed`` and only then are tokens minted (no token is ever stored). The claim is marked
@@ -30,58 +32,15 @@ from typing import Any, Literal
 from wxpush.callback.dedup import Once, Retried
 from wxpush.errors import Conflict, Gone, NotFound
 from wxpush.infra.pipeline import HotCommands, hot_commands
-from wxpush.login import messages, redirect_state
+from wxpush.login import messages, redirect_state, scene_scripts
 from wxpush.login.states import Status
 from wxpush.people.schema import PROVIDER
 
 logger = logging.getLogger(__name__)
 
-SCENE_PREFIX = "login:"
+SCENE_PREFIX = "login:"  # a QR code's scene_str: login:{id}, or link:{id} for a link scene
+LINK_PREFIX = "link:"
 RESULT_GRACE = 120  # seconds a REG/NOT_REG scene outlives a QR about to expire
-
-# KEYS[1] scene (its channel has the same name); KEYS[2], when given, the de-dup key of the
-# callback that brings the change: if it is taken this is WeChat's retry, which changes
-# nothing and gets what the key holds; the move takes it. ARGV: from-status, to-status,
-# ttl-floor, the message to publish, the account the scene must belong to ('' = any), the
-# de-dup key's ttl and marker ('' without KEYS[2]), then field/value pairs to set. One round
-# trip checks, moves and tells.
-_MOVE = """
-local once = KEYS[2]
-if once then
-  local stored = redis.call('GET', once)
-  if stored then return {'RETRY', stored} end
-end
-local s = redis.call('HMGET', KEYS[1], 'status', 'account')
-if s[1] ~= ARGV[1] then return s[1] or false end
-if ARGV[5] ~= '' and s[2] ~= ARGV[5] then return 'OTHER_ACCOUNT' end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 8))
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[4])
-if once then redis.call('SET', once, ARGV[7], 'EX', ARGV[6]) end
-return 'OK'
-"""
-
-# KEYS[1] scene; ARGV[1] the claim's mark (the family of the tokens it is for). Returns
-# {user_id, new, provider, oidc} to the one caller that claims, else the status.
-_CLAIM = """
-local s = redis.call('HMGET', KEYS[1], 'status', 'claimed', 'user_id', 'new', 'provider', 'oidc')
-if s[1] ~= 'REG' then return s[1] or false end
-if s[2] == '1' then return 'CLAIMED' end
-redis.call('HSET', KEYS[1], 'claimed', '1', 'claim', ARGV[1])
-return {s[3], s[4], s[5] or '', s[6] or ''}
-"""
-
-# KEYS[1] scene; ARGV[1] the mark of the claim to give back. Only that claim is undone (a
-# scene gone meanwhile is not brought back).
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'claimed', '0')
-redis.call('HDEL', KEYS[1], 'claim')
-return 1
-"""
-
 
 Kind = Literal["follow", "website", "oauth"]
 KINDS: tuple[Kind, ...] = ("follow", "website", "oauth")
@@ -110,6 +69,8 @@ class Scene:
     unionid: str | None = None
     return_to: str | None = None
     oidc: str | None = None  # the OIDC authorization request it logs in for (SPEC §14)
+    link: str | None = None  # a link scene's user, who the identity is attached to (§15)
+    ip: str | None = None  # who opened it (for the audit log)
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
@@ -123,6 +84,8 @@ class Claim:
     new: bool
     provider: str = MP  # the door's provider, named in the token's ``amr``
     oidc: str | None = None  # handed over to that OIDC request instead of tokens
+    kind: str = "follow"
+    ip: str | None = None  # who opened the scene
 
 
 QRMaker = Callable[[str, int], Awaitable[str]]  # (scene_str, expire_seconds) -> QR url
@@ -138,48 +101,48 @@ class SceneStore:
         self._redis = redis
         self._hot = hot_commands(redis, hot)
         self._clock = clock
-        self._move = self._hot.register_script(_MOVE)
-        self._claim = self._hot.register_script(_CLAIM)
-        self._release = self._hot.register_script(_RELEASE)
+        self._move = self._hot.register_script(scene_scripts.MOVE)
+        self._claim = self._hot.register_script(scene_scripts.CLAIM)
+        self._release = self._hot.register_script(scene_scripts.RELEASE)
 
     async def create(
-        self, account: str, expire_seconds: int, make_qr: QRMaker, oidc: str | None = None
+        self, account: str, expire_seconds: int, make_qr: QRMaker, opened: Opened | None = None
     ) -> Scene:
-        """Create a scene and its temporary QR code (``scene_str = login:{id}``)."""
-        scene_id = new_scene_id()
-        qr_url = await make_qr(SCENE_PREFIX + scene_id, expire_seconds)
+        """Create a scene and its temporary QR code (``scene_str = login:{id}``, or
+        ``link:{id}`` for a link scene: the scan's callback then knows which it is)."""
+        scene_id, opened = new_scene_id(), opened or Opened()
+        prefix = SCENE_PREFIX if opened.link is None else LINK_PREFIX
+        qr_url = await make_qr(prefix + scene_id, expire_seconds)
         expires_at = self._clock() + expire_seconds
         fields = {"account": account, "status": "LOOP", "qr_url": qr_url,
-                  "expires_at": repr(expires_at), "claimed": "0"}  # fmt: skip
-        if oidc is not None:
-            fields["oidc"] = oidc
+                  "expires_at": repr(expires_at), "claimed": "0", **opened.fields()}  # fmt: skip
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(messages.key(scene_id), mapping=fields)
             pipe.expire(messages.key(scene_id), expire_seconds)
             await pipe.execute()
-        return Scene(scene_id, account, "LOOP", qr_url, expires_at, oidc=oidc)
+        return Scene(scene_id, account, "LOOP", qr_url, expires_at, oidc=opened.oidc,
+                     link=opened.link, ip=opened.ip)  # fmt: skip
 
     async def create_redirect(
-        self, kind: Kind, account: str, ttl: int, return_to: str | None, oidc: str | None = None
-    ) -> tuple[Scene, str]:
+        self, kind: Kind, account: str, ttl: int, return_to: str | None,
+        opened: Opened | None = None,
+    ) -> tuple[Scene, str]:  # fmt: skip
         """A scene of a redirect door and the one-time ``state`` bound to it (SPEC §13): the
         scene id itself never goes into a URL given to WeChat."""
         scene_id, state = new_scene_id(), redirect_state.new_state()
+        opened = opened or Opened()
         expires_at = self._clock() + ttl
         fields = {"account": account, "kind": kind, "status": "LOOP",
-                  "expires_at": repr(expires_at), "claimed": "0"}  # fmt: skip
+                  "expires_at": repr(expires_at), "claimed": "0", **opened.fields()}  # fmt: skip
         if return_to is not None:
             fields["return_to"] = return_to
-        if oidc is not None:
-            fields["oidc"] = oidc
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(messages.key(scene_id), mapping=fields)
             pipe.expire(messages.key(scene_id), ttl)
             pipe.set(redirect_state.key(state), scene_id, ex=ttl)
             await pipe.execute()
-        scene = Scene(
-            scene_id, account, "LOOP", "", expires_at, kind=kind, return_to=return_to, oidc=oidc
-        )
+        scene = Scene(scene_id, account, "LOOP", "", expires_at, kind=kind, return_to=return_to,
+                      oidc=opened.oidc, link=opened.link, ip=opened.ip)  # fmt: skip
         return scene, state
 
     async def get(self, scene_id: str) -> Scene | None:
@@ -206,6 +169,8 @@ class SceneStore:
             unionid=f.get("unionid") or None,
             return_to=f.get("return_to") or None,
             oidc=f.get("oidc") or None,
+            link=f.get("link") or None,
+            ip=f.get("ip") or None,
         )
 
     async def mark_scanned(self, scene_id: str, *, account: str, openid: str,
@@ -226,6 +191,16 @@ class SceneStore:
         fields.update(user_id=user_id, new=_flag(new))
         return await self._transition(scene_id, "LOOP", "REG", account, fields, once)
 
+    async def mark_linked(
+        self, scene_id: str, *, account: str, openid: str, link: str, taken: bool,
+        once: Once | None = None,
+    ) -> bool | Retried:  # fmt: skip
+        """A link scene of ``link``'s ends: LOOP → REG (the identity attached) or CONFLICT
+        (another person's); as :meth:`mark_scanned` otherwise."""
+        status = "CONFLICT" if taken else "REG"
+        fields = {"openid": openid, "user_id": link}
+        return await self._transition(scene_id, "LOOP", status, account, fields, once, link)
+
     async def mark_bound(self, scene_id: str, *, user_id: str, new: bool, mark: str) -> None:
         """NOT_REG → REG, already claimed (with ``mark``, as :meth:`claim`): the bind answer
         carries the tokens itself."""
@@ -241,8 +216,9 @@ class SceneStore:
         """
         result = await self._claim(keys=[messages.key(scene_id)], args=[mark])
         if isinstance(result, list):
-            user_id, new, provider, oidc = (v.decode() for v in result)
-            return Claim(user_id, new == "1", provider or MP, oidc or None)
+            user_id, new, provider, oidc, kind, ip = (v.decode() for v in result)
+            return Claim(user_id, new == "1", provider or MP, oidc or None, kind or "follow",
+                         ip or None)  # fmt: skip
         return None
 
     async def release(self, scene_id: str, mark: str) -> None:
@@ -263,7 +239,7 @@ class SceneStore:
 
     async def _transition(
         self, scene_id: str, old: str, to: str, account: str, fields: dict[str, str],
-        once: Once | None = None,
+        once: Once | None = None, link: str = "",
     ) -> bool | Retried:  # fmt: skip
         # The message is the status and the publish time (for the push-latency metric);
         # never a secret.
@@ -271,12 +247,27 @@ class SceneStore:
         keys = [messages.key(scene_id)] if once is None else [messages.key(scene_id), once.key]
         args: list[str | bytes | int] = [old, to, RESULT_GRACE, message, account]
         args += ["", ""] if once is None else [once.ttl, once.marker]
+        args.append(link)
         for name, value in fields.items():
             args += [name, value]
         result: bytes | list[bytes] | None = await self._move(keys=keys, args=args)
         if isinstance(result, list):
             return Retried(result[1])
         return result == b"OK"
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What a new scene is for, beyond its door: an OIDC request, a link of this user's; and
+    who opened it."""
+
+    oidc: str | None = None
+    link: str | None = None
+    ip: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        found = {"oidc": self.oidc, "link": self.link, "ip": self.ip}
+        return {name: value for name, value in found.items() if value is not None}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,18 @@
 """The states of a scene (SPEC §2) and the body every channel answers with.
 
-The names and numbers are the seed design's: ``EXPIRED(1) LOOP(2) REG(3) NOT_REG(4)``.
+The names and numbers are the seed design's: ``EXPIRED(1) LOOP(2) REG(3) NOT_REG(4)``, and
+``CONFLICT(5)``: a link scene's end when the WeChat identity is another person's (SPEC §15).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-Status = Literal["LOOP", "REG", "NOT_REG", "EXPIRED"]
-CODES: dict[str, int] = {"EXPIRED": 1, "LOOP": 2, "REG": 3, "NOT_REG": 4}
-FINAL = frozenset({"REG", "EXPIRED"})
+Status = Literal["LOOP", "REG", "NOT_REG", "EXPIRED", "CONFLICT"]
+CODES: dict[str, int] = {"EXPIRED": 1, "LOOP": 2, "REG": 3, "NOT_REG": 4, "CONFLICT": 5}
+FINAL = frozenset({"REG", "EXPIRED", "CONFLICT"})
+LINKED = {"status": "REG", "code": 3, "linked": True}  # a link scene's end: no tokens
+TAKEN = {"status": "CONFLICT", "code": 5, "error": "identity_taken"}
 
 
 def status_body(status: str) -> dict[str, Any]:

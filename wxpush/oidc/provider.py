@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -26,6 +27,7 @@ from wxpush.oidc.authorize import AuthRequest, Requests
 from wxpush.oidc.codes import Codes, Grant
 from wxpush.oidc.errors import OAuthError, PageError, invalid_request, invalid_token
 from wxpush.oidc.grants import TokenEndpoint
+from wxpush.people.audit import NOWHERE, Origin
 from wxpush.people.store import People
 from wxpush.tokens.service import Claims, TokenService
 
@@ -100,7 +102,7 @@ class Provider:
         return request
 
     async def hand_over(
-        self, request_id: str, user_id: str, *, amr: str, mark: str
+        self, request_id: str, user_id: str, *, amr: str, mark: str, origin: Origin = NOWHERE
     ) -> dict[str, Any]:
         """The claimed scene's person, given to the client: ``{"redirect": …}`` with a code."""
         request = await self._waiting(request_id)
@@ -110,6 +112,7 @@ class Provider:
             amr=amr, auth_time=self.tokens.now(),
         )  # fmt: skip
         code = await self.codes.issue(grant, mark)
+        self._people.logins.note(user_id, replace(origin, client_id=request.client_id))
         return {"redirect": self.back_to(request.redirect_uri, {"code": code}, request.state)}
 
     async def _waiting(self, request_id: str) -> AuthRequest:

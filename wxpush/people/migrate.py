@@ -52,7 +52,7 @@ from sqlalchemy.pool import NullPool
 
 from wxpush.errors import SettingsError
 from wxpush.infra.sql import CONNECT_TIMEOUT, guarded
-from wxpush.people.schema import identities, metadata, now, unionid_index, users
+from wxpush.people.schema import audit, identities, metadata, now, unionid_index, users
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,14 @@ def _v2_unionid_index(conn: Connection) -> None:
     unionid_index.create(conn, checkfirst=True)
 
 
+def _v3_audit(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[audit], checkfirst=True)
+
+
 STEPS: Final[Sequence[Step]] = (
     Step(1, "the users and identities tables", _v1_tables),
     Step(2, "an index on identities.unionid", _v2_unionid_index),
+    Step(3, "the audit table", _v3_audit),
 )
 
 

@@ -1,9 +1,11 @@
-"""The people's two tables and the rows read from them (SQLAlchemy Core, no ORM).
+"""The people's tables and the rows read from them (SQLAlchemy Core, no ORM).
 
 ``users``: a uuid4-hex id, a phone in E.164 that is unique but may be NULL (people
 registered without one). ``identities``: one WeChat openid of one appid, unique together,
 pointing at its user, with the person's unionid when WeChat gave one (indexed: a person is
-found by unionid among all identities, SPEC §12).
+found by unionid among all identities, SPEC §12). ``audit``: one row per login, bind, link,
+unlink and delete (SPEC §15, :mod:`wxpush.people.audit`); it names the user by id only, with
+no key to ``users``, so that it outlives a person's erasure.
 
 These are the tables at the latest schema version; :mod:`wxpush.people.migrate` brings an
 older database here.
@@ -12,7 +14,7 @@ older database here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +66,21 @@ identities = Table(
 # Schema version 2: most identities have no unionid, but a person is looked up by one.
 unionid_index = Index("ix_identities_unionid", identities.c.unionid)
 
+# Schema version 3.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("user_id", String(32), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("door", String(16), nullable=True),
+    Column("client_id", String(128), nullable=True),
+    Column("ip", String(45), nullable=True),
+    Column("detail", String(64), nullable=True),
+    Index("ix_audit_user_at", "user_id", "at"),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -73,6 +90,8 @@ class Identity:
     appid: str
     openid: str
     unionid: str | None
+    id: int = field(default=0, compare=False)  # its row's id (``/api/v1/me/identities/{id}``)
+    linked_at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +166,9 @@ async def load_user(conn: AsyncConnection, user_id: str) -> User | None:
 
 
 def _identities(rows: Sequence[Row[Any]]) -> tuple[Identity, ...]:
-    return tuple(Identity(r.provider, r.appid, r.openid, r.unionid) for r in rows)
+    return tuple(
+        Identity(r.provider, r.appid, r.openid, r.unionid, r.id, _aware(r.created_at)) for r in rows
+    )
 
 
 def _aware(value: datetime) -> datetime:

@@ -32,6 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from wxpush.errors import Conflict, Forbidden
 from wxpush.infra.sql import guarded, unavailable
 from wxpush.infra.sqlite_read import UNKNOWN, SqliteReader
+from wxpush.people import audit
+from wxpush.people.audit import NOWHERE, LoginLog, Origin
+from wxpush.people.links import Links
 from wxpush.people.migrate import upgrade
 from wxpush.people.schema import (
     OPENID_QUERY,
@@ -60,11 +63,18 @@ class People:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._quick = SqliteReader.for_engine(engine, OPENID_QUERY)
+        self.links = Links(engine)  # a person's own links, and the operator's tools
+        self.logins = LoginLog(engine)  # the audit rows of logins, written in the background
 
     def close(self) -> None:
         """Close the quick reader's own connection (the engine is disposed by its owner)."""
         if self._quick is not None:
             self._quick.close()
+
+    async def aclose(self) -> None:
+        """Write the login rows still queued, then :meth:`close`."""
+        await self.logins.aclose()
+        self.close()
 
     async def create_schema(self) -> None:
         """Bring the tables to the latest schema version, creating them when missing
@@ -107,18 +117,21 @@ class People:
             return await user_id_by_openid(conn, appid, openid, provider)
 
     async def resolve(
-        self, appid: str, openid: str, *, provider: str = PROVIDER, unionid: str | None = None
-    ) -> str | None:
+        self, appid: str, openid: str, *, provider: str = PROVIDER, unionid: str | None = None,
+        origin: Origin = NOWHERE,
+    ) -> str | None:  # fmt: skip
         """The user a person arriving through a door is (SPEC §12): by their openid; else,
         with a ``unionid``, the user of any identity carrying it, this openid then linked to
         them (no phone step); else ``None``, a person never seen."""
         user_id = await self.user_id_of(appid, openid, provider)
         if user_id is not None or unionid is None:
             return user_id
-        return await self.link_unionid(appid, openid, provider=provider, unionid=unionid)
+        return await self.link_unionid(
+            appid, openid, provider=provider, unionid=unionid, origin=origin
+        )
 
     async def link_unionid(
-        self, appid: str, openid: str, *, provider: str, unionid: str
+        self, appid: str, openid: str, *, provider: str, unionid: str, origin: Origin = NOWHERE
     ) -> str | None:
         """Link this openid to the user who already holds ``unionid``; ``None`` when no one
         does. Two doors linking the same openid at once end with one identity: the insert
@@ -130,7 +143,7 @@ class People:
             if owner is not None or holder is None:
                 return holder
             try:
-                await self._link(holder, appid, openid, provider=provider, unionid=unionid)
+                await self._link(holder, (appid, openid, provider, unionid), origin, "by unionid")
             except IntegrityError:
                 continue
             return holder
@@ -157,7 +170,7 @@ class People:
 
     async def register_openid(
         self, appid: str, openid: str, *, login_only: bool = False,
-        provider: str = PROVIDER, unionid: str | None = None,
+        provider: str = PROVIDER, unionid: str | None = None, origin: Origin = NOWHERE,
     ) -> tuple[User, bool]:  # fmt: skip
         """Log in an openid with no phone step (``WXPUSH_REQUIRE_PHONE=false``).
 
@@ -171,7 +184,8 @@ class People:
             if login_only:
                 raise _login_only()
             try:
-                return await self._create(appid, openid, None, provider, unionid), True
+                key = (appid, openid, provider, unionid)
+                return await self._create(key, None, origin, "register"), True
             except IntegrityError:  # the same openid registered concurrently: read theirs
                 if attempt == _ATTEMPTS - 1:
                     raise _busy() from None
@@ -179,7 +193,7 @@ class People:
 
     async def bind_phone(
         self, appid: str, openid: str, phone: str, *, link_by_phone: bool, login_only: bool,
-        provider: str = PROVIDER, unionid: str | None = None,
+        provider: str = PROVIDER, unionid: str | None = None, origin: Origin = NOWHERE,
     ) -> tuple[User, bool]:  # fmt: skip
         """Tie a WeChat openid to a verified phone; return ``(user, created_new_user)``.
 
@@ -191,7 +205,7 @@ class People:
         for attempt in range(_ATTEMPTS):
             try:
                 key = (appid, openid, provider, unionid)
-                return await self._bind_once(key, phone, link_by_phone, login_only)
+                return await self._bind_once(key, phone, link_by_phone, login_only, origin)
             except IntegrityError:
                 logger.debug("bind lost a race to a concurrent bind; resolving again")
                 if attempt == _ATTEMPTS - 1:
@@ -199,9 +213,9 @@ class People:
         raise AssertionError("unreachable")
 
     async def _bind_once(
-        self, key: _Key, phone: str, link_by_phone: bool, login_only: bool
+        self, key: _Key, phone: str, link_by_phone: bool, login_only: bool, origin: Origin
     ) -> tuple[User, bool]:
-        appid, openid, provider, unionid = key
+        appid, openid, provider, _ = key
         async with self._connect() as conn:
             owner_id = await user_id_by_openid(conn, appid, openid, provider)
             owner = None if owner_id is None else await load_user(conn, owner_id)
@@ -213,20 +227,21 @@ class People:
                 raise _already_bound()
             if holder_id is not None:
                 raise _phone_taken()
-            return await self._set_phone(owner.id, phone), False
+            return await self._set_phone(owner.id, phone, origin), False
         if holder_id is not None:
             if not link_by_phone:
                 raise _phone_taken()
-            user = await self._link(holder_id, appid, openid, provider=provider, unionid=unionid)
+            user = await self._link(holder_id, key, origin, "by phone", event="bind")
             return user, False
         if login_only:
             raise _login_only()
-        return await self._create(appid, openid, phone, provider, unionid), True
+        return await self._create(key, phone, origin, "bind"), True
 
     async def _create(
-        self, appid: str, openid: str, phone: str | None, provider: str = PROVIDER,
-        unionid: str | None = None,
-    ) -> User:  # fmt: skip
+        self, key: _Key, phone: str | None, origin: Origin, event: audit.Event
+    ) -> User:
+        """A new user with this identity (and phone), and its audit row."""
+        appid, openid, provider, unionid = key
         stamp = now()
         user_id = uuid.uuid4().hex
         row = identity_row(user_id, appid, openid, provider, unionid)
@@ -235,29 +250,40 @@ class People:
                 insert(users).values(id=user_id, phone=phone, created_at=stamp, updated_at=stamp)
             )
             await conn.execute(insert(identities).values(row))
-        identity = Identity(provider, appid, openid, unionid)
+            await audit.write(conn, event, user_id, origin, "new user")
+        identity = Identity(provider, appid, openid, unionid, linked_at=stamp)
         return User(user_id, phone, stamp, (identity,))
 
     async def _link(
-        self, user_id: str, appid: str, openid: str, *, provider: str, unionid: str | None
-    ) -> User:
+        self, user_id: str, key: _Key, origin: Origin, detail: str,
+        event: audit.Event = "link",
+    ) -> User:  # fmt: skip
+        appid, openid, provider, unionid = key
         row = identity_row(user_id, appid, openid, provider, unionid)
         async with self._begin() as conn:
+            touched = await conn.execute(
+                update(users).where(users.c.id == user_id).values(updated_at=now())
+            )
+            if touched.rowcount == 0:  # erased meanwhile: nobody to link to
+                raise _busy()
             await conn.execute(insert(identities).values(row))
-            await conn.execute(update(users).where(users.c.id == user_id).values(updated_at=now()))
+            await audit.write(conn, event, user_id, origin, detail)
             user = await load_user(conn, user_id)
-        assert user is not None, "a linked user exists: users are never deleted"
+        assert user is not None, "the user was locked by the update above"
         return user
 
-    async def _set_phone(self, user_id: str, phone: str) -> User:
+    async def _set_phone(self, user_id: str, phone: str, origin: Origin) -> User:
         async with self._begin() as conn:
-            await conn.execute(
+            done = await conn.execute(
                 update(users)
                 .where(users.c.id == user_id, users.c.phone.is_(None))
                 .values(phone=phone, updated_at=now())
             )
+            if done.rowcount:
+                await audit.write(conn, "bind", user_id, origin, "phone added")
             user = await load_user(conn, user_id)
-        assert user is not None, "users are never deleted"
+        if user is None:  # erased meanwhile
+            raise _busy()
         if user.phone != phone:  # a concurrent bind gave it another phone first
             raise _already_bound()
         return user

@@ -10,6 +10,7 @@ is remembered as spent for the rest of its lifetime: presenting it again means i
                                                                     TTL = refresh_token_ttl
     wxpush:rtf:<family>    set of the family's live token hashes    deleted on revocation
     wxpush:rtu:<user>:<client>  the families of one person at one OIDC client (for logout)
+    wxpush:rtp:<user>      the families of one person anywhere (for their erasure)
 
 A token is live only while its hash is in its family's set, so revoking a family is a single
 ``DEL``. A token of an OIDC client carries that client: it refreshes only there (wxpush's own
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +36,10 @@ logger = logging.getLogger(__name__)
 _RT_KEYS = "wxpush:rt:"
 _RTF_KEYS = "wxpush:rtf:"
 _RTU_KEYS = "wxpush:rtu:"
+_RTP_KEYS = "wxpush:rtp:"
 
-# KEYS: the new token, its family set, (a client's) the person's families there. ARGV: the
+# KEYS: the new token, its family set, the person's families, (a client's) the person's
+# families there. ARGV: the
 # token's hash, family, user, ttl, amr, client ('' = wxpush's own), scope. A login's first
 # refresh token, in one round trip on the hot path (a REG frame waits for it).
 _ISSUE = """
@@ -44,9 +48,9 @@ redis.call('HSET', KEYS[1], 'family', ARGV[2], 'user', ARGV[3], 'state', 'live',
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-if KEYS[3] then
-  redis.call('SADD', KEYS[3], ARGV[2])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[2])
+  redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
 return 1
 """
@@ -106,7 +110,7 @@ class RefreshTokens:
         """A new live token of ``family``."""
         token = secrets.token_urlsafe(32)
         digest = _digest(token)
-        keys = [_token_key(digest), _family_key(family)]
+        keys = [_token_key(digest), _family_key(family), _RTP_KEYS + user_id]
         if client_id is not None:
             keys.append(_user_client_key(user_id, client_id))
         args: list[str | int] = [digest, family, user_id, self._ttl, amr, client_id or "", scope]
@@ -160,6 +164,19 @@ class RefreshTokens:
         key = _user_client_key(user_id, client_id)
         families = await self._redis.smembers(key)
         await self._redis.delete(key, *(_family_key(_text(f)) for f in families))
+
+    async def end_person(self, user_id: str, client_ids: Iterable[str]) -> None:
+        """Every refresh token of the person ends, and their live tokens' records go (their
+        erasure); a family being rotated meanwhile ends too, its set being gone."""
+        families = [_text(f) for f in await self._redis.smembers(_RTP_KEYS + user_id)]
+        digests = [
+            _text(d) for family in families for d in await self._redis.smembers(_family_key(family))
+        ]
+        indexes = [_RTP_KEYS + user_id, *(_user_client_key(user_id, c) for c in client_ids)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in (*map(_token_key, digests), *map(_family_key, families), *indexes):
+                pipe.delete(key)  # one key per command: a Redis Cluster spreads them
+            await pipe.execute()
 
     async def family_of(self, token: str) -> str | None:
         """The family of a token, or ``None`` for an unknown one."""

@@ -26,7 +26,7 @@ from wxpush.errors import Unauthorized
 from wxpush.infra.pipeline import HotCommands
 from wxpush.tokens.keys import Signer
 from wxpush.tokens.refresh import RefreshToken, RefreshTokens, new_family
-from wxpush.tokens.revocation import Revocations
+from wxpush.tokens.revocation import EVERY_CLIENT, Revocations
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class TokenService:
         """``hot`` (default ``redis``) carries :meth:`issue`, which a login's frame waits for;
         ``clients`` are the OIDC client ids, the other audiences an access token may have."""
         self._policy = policy
-        self._audiences = [policy.audience, *clients]
+        self._clients = tuple(clients)
+        self._audiences = [policy.audience, *self._clients]
         self._clock = clock
         self._refresh = RefreshTokens(redis, hot, policy.refresh_ttl)
         self.revocations = Revocations(redis, policy.access_ttl)
@@ -129,6 +130,12 @@ class TokenService:
 
     async def end_client(self, user_id: str, client_id: str) -> None:
         await self._refresh.end_client(user_id, client_id)
+
+    async def end_person(self, user_id: str) -> None:
+        """The person is erased: every refresh token ends and every access token is refused
+        inside wxpush at once (a site checking tokens offline sees them until their ``exp``)."""
+        await self.revocations.end(user_id, EVERY_CLIENT, self.now())
+        await self._refresh.end_person(user_id, self._clients)
 
     async def logout(self, refresh_token: str) -> None:
         """Revoke the family of ``refresh_token``; an unknown token is not an error."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from wxpush import __version__
-from wxpush.web import openapi_oidc
+from wxpush.web import openapi_oidc, openapi_people
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -154,16 +154,6 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"204": {"description": "Logged out"}, **_errors(400, 408, 413)},
         }
     },
-    "/api/v1/me": {
-        "get": {
-            "summary": "Who the access token belongs to",
-            "security": [{"bearer": []}],
-            "responses": {
-                "200": _json({"$ref": "#/components/schemas/Me"}, "The user"),
-                **_errors(401),
-            },
-        }
-    },
     "/.well-known/jwks.json": {
         "get": {
             "summary": "Public keys of the access-token signer",
@@ -230,7 +220,7 @@ PATHS: dict[str, dict[str, Any]] = {
     },
 }
 
-_STATUS = {"type": "string", "enum": ["LOOP", "REG", "NOT_REG", "EXPIRED"]}
+_STATUS = {"type": "string", "enum": ["LOOP", "REG", "NOT_REG", "EXPIRED", "CONFLICT"]}
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "message"],
               "properties": {"error": _STR, "message": _STR}},
@@ -247,15 +237,14 @@ SCHEMAS: dict[str, Any] = {
         "status": _STATUS, "code": {"type": "integer"}, "claimed": {"type": "boolean"},
         "expires_in": {"type": "integer"}, "access_token": _STR, "token_type": _STR,
         "refresh_token": _STR, "user": {"$ref": "#/components/schemas/UserRef"},
-        "redirect": {**_STR, "description": "an OIDC request's scene: on to the client"}}},
+        "redirect": {**_STR, "description": "an OIDC request's scene: on to the client"},
+        "linked": {"type": "boolean", "description": "a link scene's REG: no tokens"},
+        "error": {**_STR, "description": "CONFLICT: identity_taken"}}},
     "Tokens": {"type": "object", "properties": {
         "status": _STATUS, "code": {"type": "integer"}, "access_token": _STR,
         "token_type": _STR, "expires_in": {"type": "integer"}, "refresh_token": _STR,
         "user": {"$ref": "#/components/schemas/UserRef"}}},
     "UserRef": {"type": "object", "properties": {"id": _STR, "new": {"type": "boolean"}}},
-    "Me": {"type": "object", "properties": {
-        "id": _STR, "phone": {"type": ["string", "null"]},
-        "identities": {"type": "array", "items": {"type": "object"}}}},
 }  # fmt: skip
 
 
@@ -267,9 +256,9 @@ def document() -> dict[str, Any]:
         "info": {"title": "wxpush", "version": __version__,
                  "description": "WeChat login (service-account QR, website QR, in-WeChat) "
                                 "with instant push."},
-        "paths": {**PATHS, **openapi_oidc.PATHS},
+        "paths": {**PATHS, **openapi_people.PATHS, **openapi_oidc.PATHS},
         "components": {
-            "schemas": {**SCHEMAS, **openapi_oidc.SCHEMAS},
+            "schemas": {**SCHEMAS, **openapi_people.SCHEMAS, **openapi_oidc.SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "bearerFormat": "JWT"},
                                 "clientBasic": {"type": "http", "scheme": "basic"}},

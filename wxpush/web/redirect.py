@@ -35,6 +35,15 @@ TEXTS: dict[str, tuple[str, str]] = {
         "Almost there: return to the page you came from and confirm your phone number.",
         "还差一步：请返回原页面，验证您的手机号。",
     ),
+    "linked": (
+        "This WeChat account is now linked to your account. Return to the page you came from.",
+        "已将此微信关联到您的账号。请返回原页面。",
+    ),
+    "identity_taken": (
+        "This WeChat account already belongs to another account, so it was not linked. "
+        "Return to the page you came from.",
+        "此微信已属于另一个账号，未关联。请返回原页面。",
+    ),
     "state_invalid": (
         "This login link is unknown, already used or expired. Go back and start the login again.",
         "此登录链接无效、已使用或已过期。请返回并重新登录。",
@@ -94,12 +103,14 @@ TEXTS: dict[str, tuple[str, str]] = {
 TITLES = {
     "en": {
         "logged_in": "Logged in",
+        "linked": "Linked",
         "finish_on_screen": "Almost there",
         "logged_out": "Logged out",
         "": "Login not completed",
     },
     "zh": {
         "logged_in": "登录成功",
+        "linked": "关联成功",
         "finish_on_screen": "还差一步",
         "logged_out": "已退出登录",
         "": "登录未完成",
@@ -127,7 +138,10 @@ async def redirect(request: Request) -> Response:
         return page(lang, "unavailable", 503)
     if done.return_to is not None:
         return RedirectResponse(done.return_to, status_code=303, headers=HEADERS)
-    return page(lang, "logged_in" if done.status == "REG" else "finish_on_screen", 200)
+    return page(lang, _DONE.get(done.status, "finish_on_screen"), 200)
+
+
+_DONE = {"REG": "logged_in", "LINKED": "linked", "CONFLICT": "identity_taken"}
 
 
 def page(lang: str, text: str, status: int, *, detail: str = "") -> HTMLResponse:

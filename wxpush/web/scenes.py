@@ -39,6 +39,18 @@ def base_url(request: Request) -> str:
 
 async def create(request: Request) -> JSONResponse:
     data = await read_json(request, required=False)
+    oidc = text_field(data, "oidc", optional=True, max_length=64)
+    if oidc is not None:  # a scene of the hosted OIDC page: the request's client's door only
+        kind = text_field(data, "kind", optional=True)
+        await request.state.oidc.request_for_scene(oidc, kind or "follow")
+    return await start(request, data, oidc=oidc)
+
+
+async def start(
+    request: Request, data: dict[str, Any], *, oidc: str | None = None, link: str | None = None
+) -> JSONResponse:
+    """A new scene of the door ``data`` asks for (SPEC §12): for a login, an OIDC request's
+    login, or a link of the user ``link`` (SPEC §15); the same answer for all."""
     account = text_field(data, "account", optional=True)
     kind = text_field(data, "kind", optional=True)
     return_to = text_field(data, "return_to", optional=True, max_length=MAX_RETURN_TO * 2)
@@ -48,14 +60,12 @@ async def create(request: Request) -> JSONResponse:
         raise BadRequest(
             "return_to must be an http(s) URL on an allowed origin.", code="bad_return_to"
         )
-    oidc = text_field(data, "oidc", optional=True, max_length=64)
-    if oidc is not None:  # a scene of the hosted OIDC page: the request's client's door only
-        await request.state.oidc.request_for_scene(oidc, kind or "follow")
     base = base_url(request)
     doors: Doors = request.state.doors
     started = await doors.start(
-        kind, account, ip=client_ip(request), base_url=base, return_to=return_to, oidc=oidc
-    )
+        kind, account, ip=client_ip(request), base_url=base, return_to=return_to, oidc=oidc,
+        link=link,
+    )  # fmt: skip
     scene = started.scene
     api = f"{base}/api/v1/scenes/{scene.id}"
     ws_base = "wss://" + base[8:] if base.startswith("https://") else "ws://" + base[7:]
@@ -110,7 +120,9 @@ async def send_sms(request: Request) -> JSONResponse:
 async def bind(request: Request) -> JSONResponse:
     data = await read_json(request)
     phone, code = text_field(data, "phone") or "", text_field(data, "code") or ""
-    body = await _flow(request).bind(request.path_params["scene"], phone, code)
+    body = await _flow(request).bind(
+        request.path_params["scene"], phone, code, ip=client_ip(request)
+    )
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
