@@ -1,7 +1,9 @@
 """``wxpush check``: reach every service the settings name, and say how each answered.
 
 One line per service (``redis: ok``, ``database: failed — …``), never a traceback; the
-command exits 1 when any failed. Also the clients ``wxpush menu`` uses.
+command exits 1 when any failed. An SMS vendor is named with what it will be called with,
+not called: every call of ``SendSms`` sends a message and costs money. Also the clients
+``wxpush menu`` uses.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ async def services(settings: Settings) -> int:
             print(f"redis: failed — {type(exc).__name__}: {exc}")
             return 1
         failures += await database(settings.database_url)
+        if (line := sms_vendor(settings)) is not None:
+            print(line)
         for account in settings.accounts.values():
             api = WeChatAPI(account, http=http, redis=redis, base_url=settings.wechat_api_base)
             try:
@@ -46,6 +50,22 @@ async def services(settings: Settings) -> int:
         for app in settings.websites.values():
             failures += await website(app, oauth)
     return 1 if failures else 0
+
+
+def sms_vendor(settings: Settings) -> str | None:
+    """``sms: aliyun (…)`` for a configured vendor, ``None`` for the console and the webhook."""
+    policy = settings.sms_policy()
+    if policy.aliyun is not None:
+        a = policy.aliyun
+        where = (f"{a.endpoint}, key {a.access_key_id}, sign {a.sign_name}, "
+                 f"template {a.template_code}")  # fmt: skip
+    elif policy.tencent is not None:
+        t = policy.tencent
+        where = (f"{t.endpoint}, {t.region}, key {t.secret_id}, app {t.sdk_app_id}, "
+                 f"sign {t.sign_name}, template {t.template_id}")  # fmt: skip
+    else:
+        return None
+    return f"sms: {policy.provider} ({where}); not called — a check sends no message"
 
 
 async def website(app: WebsiteApp, oauth: OAuthClient) -> int:

@@ -7,7 +7,7 @@ imports this file, never the settings: it cannot grow a dependency on the enviro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wxpush.config.values import SmsProvider
 
@@ -37,12 +37,38 @@ class LoginPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AliyunSms:
+    """Alibaba Cloud SMS (Dysms ``SendSms``): a RAM user's AccessKey and what was registered."""
+
+    access_key_id: str
+    access_key_secret: str = field(repr=False)
+    sign_name: str  # the approved sign (签名), e.g. 阿里云短信测试
+    template_code: str  # the approved template (模板) with a ${code} variable, e.g. SMS_154950909
+    endpoint: str = "https://dysmsapi.aliyuncs.com"
+
+
+@dataclass(frozen=True, slots=True)
+class TencentSms:
+    """Tencent Cloud SMS (``SendSms`` 2021-01-11): a sub-user's key and what was registered."""
+
+    secret_id: str
+    secret_key: str = field(repr=False)
+    sdk_app_id: str  # the SMS application's SdkAppId, e.g. 1400006666
+    sign_name: str  # the approved sign's content, e.g. 腾讯云
+    template_id: str  # the approved template with one parameter {1}, e.g. 1110
+    region: str = "ap-guangzhou"
+    endpoint: str = "https://sms.tencentcloudapi.com"
+
+
+@dataclass(frozen=True, slots=True)
 class SmsPolicy:
     """SMS codes: their life, their limits, how they are sent (SPEC §5)."""
 
     hmac_key: bytes  # codes are stored as keyed hashes; every process derives the same key
     provider: SmsProvider = "console"
     webhook_url: str | None = None
+    aliyun: AliyunSms | None = None  # set when the provider is aliyun
+    tencent: TencentSms | None = None  # set when the provider is tencent
     code_ttl: int = 300
     max_tries: int = 5
     interval: int = 60

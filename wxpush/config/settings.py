@@ -24,7 +24,14 @@ from dotenv import dotenv_values
 from wxpush.config import values as v
 from wxpush.config.accounts import Account, WebsiteApp, load_apps, parse_value
 from wxpush.config.clients import Client
-from wxpush.config.policy import CallbackPolicy, LoginPolicy, SmsPolicy, TokenPolicy
+from wxpush.config.policy import (
+    AliyunSms,
+    CallbackPolicy,
+    LoginPolicy,
+    SmsPolicy,
+    TencentSms,
+    TokenPolicy,
+)
 from wxpush.errors import SettingsError
 from wxpush.infra.redis_client import MAX_CONNECTIONS
 
@@ -60,6 +67,24 @@ class Settings:
     jwt_audience: str = _setting("WXPUSH_JWT_AUDIENCE", v.text, "wxpush")
     sms_provider: v.SmsProvider = _setting("WXPUSH_SMS_PROVIDER", v.sms_provider, "console")
     sms_webhook_url: str | None = _setting("WXPUSH_SMS_WEBHOOK_URL", v.http_url)
+    aliyun_access_key_id: str | None = _setting("WXPUSH_ALIYUN_ACCESS_KEY_ID", v.word)
+    aliyun_access_key_secret: str | None = _setting(
+        "WXPUSH_ALIYUN_ACCESS_KEY_SECRET", v.word, secret=True
+    )
+    aliyun_sign_name: str | None = _setting("WXPUSH_ALIYUN_SIGN_NAME", v.nonblank)
+    aliyun_template_code: str | None = _setting("WXPUSH_ALIYUN_TEMPLATE_CODE", v.word)
+    aliyun_endpoint: str = _setting(
+        "WXPUSH_ALIYUN_ENDPOINT", v.http_url, "https://dysmsapi.aliyuncs.com"
+    )
+    tencent_secret_id: str | None = _setting("WXPUSH_TENCENT_SECRET_ID", v.word)
+    tencent_secret_key: str | None = _setting("WXPUSH_TENCENT_SECRET_KEY", v.word, secret=True)
+    tencent_sdk_app_id: str | None = _setting("WXPUSH_TENCENT_SDK_APP_ID", v.digits)
+    tencent_sign_name: str | None = _setting("WXPUSH_TENCENT_SIGN_NAME", v.nonblank)
+    tencent_template_id: str | None = _setting("WXPUSH_TENCENT_TEMPLATE_ID", v.digits)
+    tencent_region: str = _setting("WXPUSH_TENCENT_REGION", v.region, "ap-guangzhou")
+    tencent_endpoint: str = _setting(
+        "WXPUSH_TENCENT_ENDPOINT", v.http_url, "https://sms.tencentcloudapi.com"
+    )
     forward_url: str | None = _setting("WXPUSH_FORWARD_URL", v.http_url)
     wechat_api_base: str = _setting(
         "WXPUSH_WECHAT_API_BASE", v.http_url, "https://api.weixin.qq.com"
@@ -160,7 +185,8 @@ class Settings:
     def sms_policy(self) -> SmsPolicy:
         return SmsPolicy(
             hmac_key=self._sms_key(), provider=self.sms_provider,
-            webhook_url=self.sms_webhook_url, code_ttl=self.sms_code_ttl,
+            webhook_url=self.sms_webhook_url, aliyun=self._aliyun(), tencent=self._tencent(),
+            code_ttl=self.sms_code_ttl,
             max_tries=self.sms_max_tries, interval=self.sms_interval,
             per_day_per_phone=self.sms_per_day_per_phone,
             per_hour_per_ip=self.sms_per_hour_per_ip,
@@ -171,6 +197,28 @@ class Settings:
             issuer=self.jwt_issuer, audience=self.jwt_audience,
             access_ttl=self.access_token_ttl, refresh_ttl=self.refresh_token_ttl,
             key_file=self.jwt_key_file, secret=self.jwt_secret,
+        )  # fmt: skip
+
+    def _aliyun(self) -> AliyunSms | None:
+        if self.sms_provider != "aliyun":
+            return None
+        return AliyunSms(
+            access_key_id=_present(self.aliyun_access_key_id),
+            access_key_secret=_present(self.aliyun_access_key_secret),
+            sign_name=_present(self.aliyun_sign_name),
+            template_code=_present(self.aliyun_template_code), endpoint=self.aliyun_endpoint,
+        )  # fmt: skip
+
+    def _tencent(self) -> TencentSms | None:
+        if self.sms_provider != "tencent":
+            return None
+        return TencentSms(
+            secret_id=_present(self.tencent_secret_id),
+            secret_key=_present(self.tencent_secret_key),
+            sdk_app_id=_present(self.tencent_sdk_app_id),
+            sign_name=_present(self.tencent_sign_name),
+            template_id=_present(self.tencent_template_id),
+            region=self.tencent_region, endpoint=self.tencent_endpoint,
         )  # fmt: skip
 
     def _sms_key(self) -> bytes:
@@ -212,6 +260,28 @@ def port_from_env(default: int = 8000) -> int:
     return int(raw) if raw.isdigit() else default
 
 
+# What each SMS provider cannot do without, in the order a missing one is reported.
+_SMS_NEEDS: dict[str, tuple[str, ...]] = {
+    "webhook": ("sms_webhook_url",),
+    "aliyun": (
+        "aliyun_access_key_id", "aliyun_access_key_secret", "aliyun_sign_name",
+        "aliyun_template_code",
+    ),
+    "tencent": (
+        "tencent_secret_id", "tencent_secret_key", "tencent_sdk_app_id", "tencent_sign_name",
+        "tencent_template_id",
+    ),
+}  # fmt: skip
+_ENV = {f.name: f.metadata.get("env", "") for f in dataclasses.fields(Settings)}
+
+
 def _check_consistency(settings: Settings) -> None:
-    if settings.sms_provider == "webhook" and not settings.sms_webhook_url:
-        raise SettingsError("WXPUSH_SMS_WEBHOOK_URL", "missing; the webhook SMS provider needs it")
+    provider = settings.sms_provider
+    for name in _SMS_NEEDS.get(provider, ()):
+        if getattr(settings, name) is None:
+            raise SettingsError(_ENV[name], f"missing; the {provider} SMS provider needs it")
+
+
+def _present(value: str | None) -> str:
+    assert value is not None, "checked by _check_consistency at start-up"
+    return value

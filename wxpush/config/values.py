@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 from wxpush.infra.redis_client import MIN_CONNECTIONS
 from wxpush.wechat.crypto import decode_aes_key
 
-SmsProvider = Literal["console", "webhook"]
+SmsProvider = Literal["console", "webhook", "aliyun", "tencent"]
+SMS_PROVIDERS: tuple[SmsProvider, ...] = ("console", "webhook", "aliyun", "tencent")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -109,9 +110,34 @@ def log_level(raw: str) -> str:
 
 
 def sms_provider(raw: str) -> SmsProvider:
-    if raw.strip() not in {"console", "webhook"}:
-        raise ValueError("must be console or webhook")
+    if raw.strip() not in SMS_PROVIDERS:
+        raise ValueError("must be console, webhook, aliyun or tencent")
     return cast(SmsProvider, raw.strip())
+
+
+def word(raw: str) -> str:
+    """A key id, a template code: one word, no spaces (a pasted value keeps none by mistake)."""
+    value = raw.strip()
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("must be one word, without spaces")
+    return value
+
+
+def digits(raw: str) -> str:
+    """Tencent's SdkAppId and TemplateId, numbers kept as text (``1400006666``)."""
+    value = raw.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError("must be digits, like 1400006666")
+    return value
+
+
+_REGION = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
+
+
+def region(raw: str) -> str:
+    if not _REGION.match(raw.strip()):
+        raise ValueError("must be a region like ap-guangzhou")
+    return raw.strip()
 
 
 def aes_key(raw: str) -> str:
@@ -128,10 +154,13 @@ def wechat_token(raw: str) -> str:
     return raw.strip()
 
 
-def appid(raw: str) -> str:
+def nonblank(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
     return raw.strip()
+
+
+appid = nonblank
 
 
 def canonical_origin(url: str) -> str | None:

@@ -1,6 +1,8 @@
-"""Where a code goes: the console (development, the demo) or a webhook (a bridge to an SMS
-vendor). Each provider raises :class:`~wxpush.errors.BadGateway` when the code did not go
-out; the caller then counts nothing against the person.
+"""Where a code goes: the console (development, the demo), a webhook (a bridge to an SMS
+vendor of the operator's), or an SMS vendor called directly: Alibaba Cloud
+(:mod:`.aliyun`) or Tencent Cloud (:mod:`.tencent`). Each provider raises
+:class:`~wxpush.errors.BadGateway` when the code did not go out (and a vendor that throttles,
+:class:`~wxpush.errors.RateLimited`); the caller then counts nothing against the person.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import httpx
 from wxpush.clients import outbound
 from wxpush.config.policy import SmsPolicy
 from wxpush.errors import BadGateway
+from wxpush.sms.aliyun import AliyunProvider
 from wxpush.sms.phone import mask_phone
+from wxpush.sms.tencent import TencentProvider
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,14 @@ def make_provider(policy: SmsPolicy, *, http: httpx.AsyncClient, redis: Any) -> 
         if not policy.webhook_url:
             raise ValueError("the webhook SMS provider needs WXPUSH_SMS_WEBHOOK_URL")
         return WebhookProvider(http, policy.webhook_url)
+    if policy.provider == "aliyun":
+        if policy.aliyun is None:
+            raise ValueError("the aliyun SMS provider needs the WXPUSH_ALIYUN_* settings")
+        return AliyunProvider(http, policy.aliyun)
+    if policy.provider == "tencent":
+        if policy.tencent is None:
+            raise ValueError("the tencent SMS provider needs the WXPUSH_TENCENT_* settings")
+        return TencentProvider(http, policy.tencent)
     return ConsoleProvider(redis)
 
 
