@@ -6,7 +6,7 @@ from typing import Any
 
 _STR = {"type": "string"}
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
