@@ -1,5 +1,6 @@
 // wxpush login widget (SPEC §11, §13): an ES module with no build step; also sets window.WxPush.
-//   WxPush.mount(element, {server, account, lang, door, oidc, onLogin(tokens), onError(error)})
+//   WxPush.mount(element, {server, account, lang, door, oidc, link, onLogin(tokens), onLinked(state),
+//                          onError(error)})
 // Shows the door's way in (the service account's QR code, WeChat's website-login QR code, or
 // inside WeChat a "Log in with WeChat" button) with a countdown, listens over WebSocket, falls
 // back to long-poll and then to plain polling, renews the scene on EXPIRED and renders the
@@ -8,6 +9,8 @@
 // the widget mounted there resumes the scene it kept in sessionStorage (see wxpush-doors.js).
 // oidc: the id of an OIDC authorization request (the hosted page of /oidc/authorize, SPEC §14):
 // its scenes log in for that request, and the login goes on to the client's redirect URI.
+// link: the access token of a person already logged in (or a function giving it, SPEC §15):
+// the WeChat that completes the scene is linked to them (onLinked(state)), nobody logs in.
 
 import { forget, keep, loadScript, pickDoor, recall, returnTo, serverBase } from "./wxpush-doors.js";
 
@@ -30,6 +33,7 @@ const TEXT = {
     submit: "Log in",
     codeSent: "A code was sent by text message.",
     loggedIn: "Logged in.",
+    linked: "WeChat linked to your account.",
     claimed: "This login was completed in another tab or window.",
     failed: "Could not reach the login server; retrying…",
     needPhone: "Enter your phone number.",
@@ -52,6 +56,8 @@ const TEXT = {
       bad_kind: "This server does not offer this way of logging in with WeChat.",
       bad_return_to: "WeChat cannot send you back here: the login server does not allow this page.",
       oidc_request_expired: "This login has expired. Go back to the site and log in again.",
+      identity_taken: "This WeChat already belongs to another account; nothing was changed.",
+      invalid_token: "Your session has ended; log in again to link a WeChat.",
     },
   },
   zh: {
@@ -72,6 +78,7 @@ const TEXT = {
     submit: "登录",
     codeSent: "验证码已通过短信发送。",
     loggedIn: "已登录。",
+    linked: "已将微信关联到你的账号。",
     claimed: "此次登录已在另一个标签页或窗口中完成。",
     failed: "无法连接登录服务器，正在重试…",
     needPhone: "请输入手机号。",
@@ -91,6 +98,8 @@ const TEXT = {
     errors: {
       kind_unavailable: "此服务器没有开通这种微信登录方式。",
       oidc_request_expired: "此次登录已过期。请返回网站重新登录。",
+      identity_taken: "此微信已属于另一个账号，未做任何更改。",
+      invalid_token: "登录状态已失效，请重新登录后再关联微信。",
       bad_kind: "此服务器不支持这种微信登录方式。",
       bad_return_to: "微信无法带你回到此页面：登录服务器不允许此页面的地址。",
     },
@@ -207,10 +216,11 @@ class Widget {
   url(path) { return path.startsWith("/") ? this.server + path : path; }
 
   async api(path, options = {}) {
-    const res = await fetch(this.url(path), {
-      ...options,
-      headers: options.body ? { "Content-Type": "application/json" } : undefined,
-    });
+    const { token, ...rest } = options;
+    const headers = {};
+    if (rest.body) headers["Content-Type"] = "application/json";
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const res = await fetch(this.url(path), { ...rest, headers });
     let data = {};
     try { data = await res.json(); } catch { /* 204 or not JSON */ }
     return { res, data };
@@ -270,7 +280,13 @@ class Widget {
     let answer;
     try {
       const body = JSON.stringify(this.sceneRequest());
-      answer = await this.api("/api/v1/scenes", { method: "POST", body });
+      const link = this.opts.link;
+      if (link) { // a link scene, opened with the person's access token
+        const token = typeof link === "function" ? await link() : link;
+        answer = await this.api("/api/v1/me/identities", { method: "POST", body, token });
+      } else {
+        answer = await this.api("/api/v1/scenes", { method: "POST", body });
+      }
     } catch (err) {
       answer = { res: null, data: { message: this.t.failed } };
     }
@@ -292,7 +308,7 @@ class Widget {
     this.fail(this.t.errors[data.error] || data.message || this.t.error);
     this.report(data);
     this.say("");
-    if (res && (res.status === 400 || res.status === 410)) { this.refreshBtn.hidden = false; return; }
+    if (res && [400, 401, 410].includes(res.status)) { this.refreshBtn.hidden = false; return; }
     this.later(Math.min(30000, 1000 * 2 ** attempt), () => this.start(attempt + 1));
   }
 
@@ -384,8 +400,14 @@ class Widget {
         this.start().then(() => { if (this.scene) this.say(text); });
         return true;
       }
+      case "CONFLICT": // a link scene: this WeChat is another person's, nothing moved
+        this.finish();
+        this.fail(this.t.errors[state.error] || this.t.error);
+        this.report({ error: state.error, message: this.t.errors[state.error] || this.t.error });
+        return true;
       case "REG":
-        if (state.access_token || state.redirect) this.login(state);
+        if (state.linked) this.linked(state);
+        else if (state.access_token || state.redirect) this.login(state);
         else if (this.binding) return true; // our own bind answer carries the tokens
         else { this.finish(); this.say(this.t.claimed); }
         return true;
@@ -403,6 +425,15 @@ class Widget {
     forget(this.base);
     this.qrBox.hidden = true;
     this.bindBox.hidden = true;
+  }
+
+  linked(state) {
+    this.finish();
+    this.fail("");
+    this.say(this.t.linked);
+    if (this.opts.onLinked) {
+      try { this.opts.onLinked(state); } catch (err) { console.error(err); this.report(err); }
+    }
   }
 
   login(tokens) {
