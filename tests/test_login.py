@@ -126,15 +126,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def count_rows(database_url: str, table: str) -> int:
-    async def count() -> int:
+    return int(select_rows(database_url, f"SELECT count(*) FROM {table}")[0][0])
+
+
+def select_rows(database_url: str, query: str) -> list[tuple[Any, ...]]:
+    """The rows of a query, read apart from the server (its own engine)."""
+
+    async def read() -> list[tuple[Any, ...]]:
         engine = open_engine(database_url)
         try:
             async with engine.connect() as conn:
-                return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+                return [tuple(r) for r in (await conn.execute(text(query))).all()]
         finally:
             await engine.dispose()
 
-    return asyncio.run(count())
+    return asyncio.run(read())
 
 
 @pytest.fixture

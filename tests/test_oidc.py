@@ -25,7 +25,8 @@ import jwt
 import pytest
 
 from tests import fakewechat, test_login
-from tests.test_login import NEW_OPENID, Site
+from tests.test_login import NEW_OPENID, Site, select_rows
+from tests.util import wait_for
 
 fake_wechat = fakewechat.fake_wechat
 sms_inbox, start = test_login.sms_inbox, test_login.start
@@ -358,3 +359,27 @@ def test_an_issuer_that_is_not_the_public_url_is_warned_of(
         start(WXPUSH_ACCOUNTS_FILE=clients_file(tmp_path), WXPUSH_PUBLIC_URL="https://id.example",
               WXPUSH_JWT_ISSUER="https://id.example")  # fmt: skip
     assert not any("WXPUSH_JWT_ISSUER" in r.getMessage() for r in caplog.records)
+
+
+def test_a_clients_token_reads_the_person_but_cannot_change_the_account(
+    oidc: Site, database_url: str
+) -> None:
+    tokens = code_tokens(oidc)
+    sub = jwks_verified(oidc, tokens["id_token"])["sub"]
+    client = bearer(tokens["access_token"])
+    assert oidc.client.get("/api/v1/me", headers=client).json()["id"] == sub
+    for method, path in (("POST", "/api/v1/me/identities"), ("DELETE", "/api/v1/me"),
+                         ("DELETE", "/api/v1/me/identities/1")):  # fmt: skip
+        answer = oidc.client.request(method, path, headers=client)
+        assert answer.status_code == 403 and answer.json()["error"] == "client_token", answer.text
+
+    def login_rows() -> list[tuple[Any, ...]]:
+        query = f"SELECT event, door, client_id FROM audit WHERE user_id = '{sub}'"
+        return [r for r in select_rows(database_url, query) if r[0] == "login"]
+
+    assert wait_for(login_rows) == [("login", "follow", "shop")]  # the hand-over names its client
+    own = oidc.new_scene()
+    oidc.scan(own, NEW_OPENID)
+    mine = bearer(oidc.poll(own["scene"])["access_token"])
+    assert oidc.client.delete("/api/v1/me", headers=mine).status_code == 204
+    assert_rfc(oidc.client.get("/oidc/userinfo", headers=client), 401, "invalid_token")

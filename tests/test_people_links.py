@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from websockets.asyncio.client import connect
 
 from tests import fakewechat
@@ -24,12 +23,12 @@ from tests.test_login import (
     assert_error,
     count_rows,
     database_url,
+    select_rows,
     site,
     sms_inbox,
     start,
 )
 from tests.util import TIMEOUT, wait_for
-from wxpush.infra.sql import open_engine
 
 __all__ = ["database_url", "site", "sms_inbox", "start"]
 fake_wechat = fakewechat.fake_wechat
@@ -67,21 +66,9 @@ def link_scene(site: Site, tokens: dict[str, Any], **body: Any) -> dict[str, Any
     return dict(answer.json())
 
 
-def rows(database_url: str, query: str) -> list[tuple[Any, ...]]:
-    async def read() -> list[tuple[Any, ...]]:
-        engine = open_engine(database_url)
-        try:
-            async with engine.connect() as conn:
-                return [tuple(r) for r in (await conn.execute(text(query))).all()]
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
-
-
 def events(database_url: str, user_id: str) -> list[tuple[Any, ...]]:
     query = f"SELECT event, door, client_id, detail FROM audit WHERE user_id = '{user_id}'"
-    return rows(database_url, query + " ORDER BY id")
+    return select_rows(database_url, query + " ORDER BY id")
 
 
 # -- link --------------------------------------------------------------------------------
@@ -281,13 +268,13 @@ def test_delete_me_erases_the_person_and_ends_their_tokens(site: Site, database_
         created = site.new_scene()
         site.scan(created, openid)
         assert site.poll(created["scene"]) == {"status": "NOT_REG", "code": 4}
-    assert rows(database_url, f"SELECT id FROM users WHERE id = '{user}'") == []
-    assert rows(database_url, f"SELECT id FROM identities WHERE user_id = '{user}'") == []
+    assert select_rows(database_url, f"SELECT id FROM users WHERE id = '{user}'") == []
+    assert select_rows(database_url, f"SELECT id FROM identities WHERE user_id = '{user}'") == []
     assert me(site, other)["id"] == other["user"]["id"]  # nobody else is touched
     audit = events(database_url, user)
     assert audit[-1] == ("delete", "api", None, None)
     assert {"bind", "link", "delete"} <= {e[0] for e in audit}
-    dump = json.dumps(rows(database_url, "SELECT * FROM audit"), default=str)
+    dump = json.dumps(select_rows(database_url, "SELECT * FROM audit"), default=str)
     assert PHONE not in dump and NEW_OPENID not in dump and SECOND_OPENID not in dump
     fresh = log_in(site, NEW_OPENID)  # the same WeChat and phone make a new person
     assert fresh["user"]["new"] is True and fresh["user"]["id"] != user
@@ -317,7 +304,7 @@ def test_every_login_has_its_audit_row_with_door_and_ip(site: Site, database_url
 
     def logins() -> list[tuple[Any, ...]]:
         query = f"SELECT door, ip FROM audit WHERE user_id = '{user}' AND event = 'login'"
-        return rows(database_url, query)
+        return select_rows(database_url, query)
 
     assert wait_for(lambda: len(logins()) == 2)  # the bind's answer and the scan's claim
     assert logins() == [("follow", "127.0.0.1")] * 2

@@ -6,6 +6,7 @@ from typing import Any
 
 _STR = {"type": "string"}
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_CLIENT_TOKEN = (403, "client_token: an OIDC client's access token cannot change the account")
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
@@ -36,7 +37,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "checks them offline sees them until their exp). The audit log keeps its rows "
             "with the user id only.",
             "security": _BEARER,
-            "responses": {"204": {"description": "Erased"}, **_errors()},
+            "responses": {"204": {"description": "Erased"}, **_errors(_CLIENT_TOKEN)},
         },
     },
     "/api/v1/me/identities": {
@@ -66,6 +67,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "201": _json({"$ref": "#/components/schemas/NewScene"}, "The link scene"),
                 **_errors(
+                    _CLIENT_TOKEN,
                     (400, "bad_kind, kind_unavailable, unknown_account, bad_return_to"),
                     (429, "scene_rate_limited (Retry-After)"),
                 ),
@@ -82,6 +84,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "204": {"description": "Unlinked"},
                 **_errors(
+                    _CLIENT_TOKEN,
                     (404, "identity_not_found (none of mine)"),
                     (409, "last_identity: no other identity and no phone to log in with"),
                 ),

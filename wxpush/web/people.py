@@ -1,13 +1,15 @@
 """``/api/v1/me``: who am I, my WeChat identities, link another, unlink one, erase me
 (SPEC §15). Every route takes the person's access token (``Authorization: Bearer``), checked
-live: a revoked token, or one of a person erased, is a 401 at once."""
+live: a revoked token, or one of a person erased, is a 401 at once. Changing the account takes
+one of wxpush's own tokens: an OIDC client's (``aud`` = its ``client_id``) may read who the
+person is, but a site the person logged in to must not link, unlink or erase for them."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from wxpush.errors import NotFound, Unauthorized
+from wxpush.errors import Forbidden, NotFound, Unauthorized
 from wxpush.people.audit import Origin
 from wxpush.people.schema import Identity, User
 from wxpush.people.store import People
@@ -29,13 +31,13 @@ async def me(request: Request) -> JSONResponse:
 
 async def link(request: Request) -> JSONResponse:
     """A link scene: the WeChat identity that completes it is attached to this person."""
-    claims = await _bearer(request)
+    claims = await _bearer(request, change=True)
     data = await read_json(request, required=False)
     return await scenes.start(request, data, link=(await _user(request, claims)).id)
 
 
 async def unlink(request: Request) -> Response:
-    claims = await _bearer(request)
+    claims = await _bearer(request, change=True)
     raw = request.path_params["identity"]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > _ID_DIGITS:
         raise NotFound("This account has no such identity.", code="identity_not_found")
@@ -53,20 +55,27 @@ async def delete_me(request: Request) -> Response:
     token asks again); Redis down after the erasure is a 503 too, and the same token asking
     again (it still works: its revocation did not happen) finds the person gone and ends the
     tokens then."""
-    claims = await _bearer(request)
+    claims = await _bearer(request, change=True)
     await _people(request).links.erase(claims.user_id, _origin(request, claims))
     tokens: TokenService = request.state.tokens
     await tokens.end_person(claims.user_id)
     return Response(status_code=204)
 
 
-async def _bearer(request: Request) -> Claims:
+async def _bearer(request: Request, *, change: bool = False) -> Claims:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Send the access token as 'Authorization: Bearer …'.",
                            code="invalid_token")  # fmt: skip
     tokens: TokenService = request.state.tokens
-    return await tokens.verify_live(token.strip())
+    claims = await tokens.verify_live(token.strip())
+    if change and claims.client_id is not None:
+        raise Forbidden(
+            "An OIDC client's access token cannot change the account; log in with wxpush "
+            "itself (the widget) for this.",
+            code="client_token",
+        )
+    return claims
 
 
 async def _user(request: Request, claims: Claims) -> User:
