@@ -68,6 +68,7 @@ class Site:
     client: httpx.Client
     fake: fakewechat.FakeWeChat
     inbox: SmsInbox
+    env: dict[str, str] = field(default_factory=dict)  # its settings, as WXPUSH_* variables
 
     def new_scene(self) -> dict[str, Any]:
         answer = self.client.post("/api/v1/scenes", json={})
@@ -167,13 +168,14 @@ def start(
             "WXPUSH_SMS_WEBHOOK_URL": sms_inbox.url,
             "WXPUSH_SMS_INTERVAL_SECONDS": "1",
         }
-        settings = Settings.from_env({**base, **env}, dotenv=None)
+        variables = {**base, **env}
+        settings = Settings.from_env(variables, dotenv=None)
         ctx = serve(create_app(settings))
         url = ctx.__enter__()
         contexts.append(ctx)
         client = httpx.Client(base_url=url, timeout=TIMEOUT * 2)
         contexts.append(client)
-        return Site(client, fake_wechat, sms_inbox)
+        return Site(client, fake_wechat, sms_inbox, variables)
 
     yield run
     for item in reversed(contexts):

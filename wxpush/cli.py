@@ -1,4 +1,4 @@
-"""The ``wxpush`` command: serve, demo, check, keygen, menu."""
+"""The ``wxpush`` command: serve, demo, check, keygen, menu, users (:mod:`wxpush.cli_users`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from wxpush import __version__, checks
+from wxpush import __version__, checks, cli_users
 from wxpush.clients.wechat import WeChatAPI
 from wxpush.config.accounts import Account
 from wxpush.config.settings import Settings, port_from_env
@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     menu_set.set_defaults(run=_menu_set)
     verbs.add_parser("get", help="print the current menu").set_defaults(run=_menu_get)
     verbs.add_parser("delete", help="delete the menu").set_defaults(run=_menu_delete)
+
+    cli_users.add_parser(sub)
     return parser
 
 

@@ -61,6 +61,15 @@ class ClientGrant:
     refresh: bool  # offline_access was granted
 
 
+async def end_person(
+    redis: Redis, policy: TokenPolicy, user_id: str, *, clients: Iterable[str], now: int
+) -> None:
+    """End every token of ``user_id`` (their erasure) with no signing key at hand: what
+    :meth:`TokenService.end_person` does, for ``wxpush users delete``."""
+    await Revocations(redis, policy.access_ttl).end(user_id, EVERY_CLIENT, now)
+    await RefreshTokens(redis, None, policy.refresh_ttl).end_person(user_id, tuple(clients))
+
+
 class TokenService:
     """Issues, verifies and rotates tokens. Built once per app in the lifespan."""
 
@@ -79,6 +88,7 @@ class TokenService:
         self._clients = tuple(clients)
         self._audiences = [policy.audience, *self._clients]
         self._clock = clock
+        self._redis = redis
         self._refresh = RefreshTokens(redis, hot, policy.refresh_ttl)
         self.revocations = Revocations(redis, policy.access_ttl)
         self.signer = Signer(policy)
@@ -134,8 +144,7 @@ class TokenService:
     async def end_person(self, user_id: str) -> None:
         """The person is erased: every refresh token ends and every access token is refused
         inside wxpush at once (a site checking tokens offline sees them until their ``exp``)."""
-        await self.revocations.end(user_id, EVERY_CLIENT, self.now())
-        await self._refresh.end_person(user_id, self._clients)
+        await end_person(self._redis, self._policy, user_id, clients=self._clients, now=self.now())
 
     async def logout(self, refresh_token: str) -> None:
         """Revoke the family of ``refresh_token``; an unknown token is not an error."""
