@@ -154,10 +154,10 @@ async def test_password_and_database_from_the_url(own_redis: RedisServer) -> Non
         await client.aclose()
 
 
-async def test_tls_and_the_embedded_store_keep_to_redis_py() -> None:
+async def test_the_embedded_store_keeps_to_redis_py() -> None:
     assert PipelinedConnection.serves("redis://127.0.0.1:6379/0")
     assert PipelinedConnection.serves("unix:///run/redis.sock")
-    assert not PipelinedConnection.serves("rediss://cache.example:6380/0")
+    assert PipelinedConnection.serves("rediss://cache.example:6380/0")  # tests/test_tls.py
     client, hot = open_connections(None)
     try:
         assert hot is client

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
@@ -40,6 +41,7 @@ from urllib.parse import urlsplit
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import RedisSSLContext, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -81,6 +83,7 @@ class PipelinedConnection:
         kwargs = client.connection_pool.connection_kwargs
         self._address = (kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)))
         self._path: str | None = kwargs.get("path")  # unix:// URLs
+        self._tls = _tls_context(client)  # rediss:// URLs
         self._hello = _handshake(kwargs)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -89,8 +92,9 @@ class PipelinedConnection:
 
     @staticmethod
     def serves(url: str) -> bool:
-        """Plain TCP and unix sockets; TLS (``rediss://``) stays on redis-py's pool."""
-        return urlsplit(url).scheme in ("redis", "unix")
+        """Plain TCP, TLS (``rediss://``, with redis-py's ``ssl_*`` URL options) and unix
+        sockets."""
+        return urlsplit(url).scheme in ("redis", "rediss", "unix")
 
     async def execute(self, *args: Arg) -> Any:
         """Send one command and return its reply (hiredis's types: bytes, int, list)."""
@@ -149,6 +153,10 @@ class PipelinedConnection:
             async with asyncio.timeout(self._connect_timeout):
                 if self._path is not None:
                     _, conn = await loop.create_unix_connection(_Connection, self._path)
+                elif self._tls is not None:
+                    _, conn = await loop.create_connection(
+                        _Connection, *self._address, ssl=self._tls, server_hostname=self._address[0]
+                    )
                 else:
                     _, conn = await loop.create_connection(_Connection, *self._address)
                 for command in self._hello:  # AUTH, SELECT, CLIENT SETNAME
@@ -158,6 +166,8 @@ class PipelinedConnection:
                 conn.fail(RedisConnectionError("the handshake failed"))
             if isinstance(exc, ResponseError):
                 raise RedisConnectionError(f"Redis refused the connection: {exc}") from exc
+            if isinstance(exc, ssl.SSLError):  # a certificate refused, either way
+                raise RedisConnectionError(f"TLS with Redis failed: {exc.reason}") from exc
             if isinstance(exc, OSError | TimeoutError | RedisConnectionError):
                 raise RedisConnectionError(f"cannot reach Redis: {type(exc).__name__}") from exc
             raise
@@ -256,6 +266,19 @@ class _Connection(asyncio.Protocol):
 def _pack(args: tuple[Arg, ...]) -> bytes:
     packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # stub: one item only
     return packed
+
+
+def _tls_context(client: Redis) -> ssl.SSLContext | None:
+    """The TLS context redis-py's own connections to this server use: the URL's ``ssl_*``
+    options, with redis-py's defaults (a certificate required, its host name checked)."""
+    pool = client.connection_pool
+    if not issubclass(pool.connection_class, SSLConnection):
+        return None
+    options = {k.removeprefix("ssl_"): v for k, v in pool.connection_kwargs.items()
+               if k.startswith("ssl_")}  # fmt: skip
+    options.setdefault("cert_reqs", "required")
+    options.setdefault("check_hostname", True)
+    return RedisSSLContext(**options).get()
 
 
 def _handshake(kwargs: dict[str, Any]) -> list[tuple[Arg, ...]]:

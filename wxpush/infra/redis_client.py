@@ -78,8 +78,7 @@ def open_connections(
     url: str | None, *, connections: int = MAX_CONNECTIONS
 ) -> tuple[Redis, HotCommands]:
     """A server's Redis: the client (pool and pub/sub) and the hot path's commands, holding
-    ``connections`` in all. With the embedded store, or a URL the pipelined connection does not
-    serve (TLS), the client serves the hot path too."""
+    ``connections`` in all. With the embedded store the client serves the hot path too."""
     if url is None or not PipelinedConnection.serves(url):
         client = open_redis(url, connections=connections)
         return client, hot_commands(client)
