@@ -12,6 +12,7 @@ import pytest
 from tests import wire
 from wxpush.config.settings import Settings
 from wxpush.errors import SettingsError
+from wxpush.infra.redis_client import RedisTarget
 
 BASE = {"WXPUSH_APPID": wire.APPID, "WXPUSH_APPSECRET": "s3cret", "WXPUSH_TOKEN": wire.TOKEN}
 
@@ -76,6 +77,9 @@ def test_values_are_typed() -> None:
         ({"WXPUSH_APPSECRET": ""}, "WXPUSH_APPSECRET"),
         ({"WXPUSH_REDIS_CONNECTIONS": "1"}, "WXPUSH_REDIS_CONNECTIONS"),
         ({"WXPUSH_REDIS_CONNECTIONS": "2"}, "WXPUSH_REDIS_CONNECTIONS"),
+        ({"WXPUSH_REDIS_SENTINELS": "10.0.0.1"}, "WXPUSH_REDIS_SENTINELS"),
+        ({"WXPUSH_REDIS_SENTINELS": "10.0.0.1:26379,,"}, "WXPUSH_REDIS_SENTINELS"),
+        ({"WXPUSH_REDIS_SENTINELS": "10.0.0.1:99999"}, "WXPUSH_REDIS_SENTINELS"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> None:
@@ -84,6 +88,16 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> N
     assert caught.value.variable == variable
     assert str(caught.value).startswith(f"{variable}: ")
     assert "\n" not in str(caught.value)
+
+
+def test_sentinels_are_where_redis_is() -> None:
+    s = load(WXPUSH_REDIS_URL="", WXPUSH_REDIS_SENTINELS=" 10.0.0.1:26379, [::1]:26380 ")
+    assert not s.embedded_redis
+    assert s.redis == RedisTarget(None, (("10.0.0.1", 26379), ("::1", 26380)), "mymaster")
+    assert s.redis.mode == "sentinel"
+    named = load(WXPUSH_REDIS_SENTINELS="h:1", WXPUSH_REDIS_SENTINEL_SERVICE="cache")
+    assert named.redis is not None and named.redis.service == "cache"
+    assert load(WXPUSH_REDIS_URL="").redis is None  # embedded
 
 
 def test_access_token_url_stands_in_for_the_secret() -> None:

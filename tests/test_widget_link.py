@@ -34,7 +34,7 @@ def logged_in(context: sync_api.BrowserContext, demo: str, openid: str) -> sync_
 
 def link_qr(page: sync_api.Page) -> str:
     page.locator('[data-demo="link"]').click()
-    link = page.locator(f'{LINK} [data-wxpush="qr-link"]')
+    link = page.locator(f'{LINK} [data-wxpush="qr-link"][href]')  # once its scene is there
     link.wait_for(state="visible")
     href = link.get_attribute("href")
     assert href and "/sandbox/phone?ticket=" in href

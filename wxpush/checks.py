@@ -30,7 +30,11 @@ async def services(settings: Settings) -> int:
     async with clients(settings) as (redis, http):
         try:
             await asyncio.wait_for(redis.ping(), timeout=3)
-            where = "embedded, single process" if settings.embedded_redis else "reachable"
+            target = settings.redis
+            where = "embedded, single process" if target is None else f"{target.mode}, reachable"
+            if target is not None and target.sentinels:
+                host, port = await redis.connection_pool.get_master_address()
+                where += f"; master of {target.service!r} at {host}:{port}"
             print(f"redis: ok ({where})")
         except Exception as exc:
             print(f"redis: failed — {type(exc).__name__}: {exc}")
@@ -108,7 +112,7 @@ async def database(url: str) -> int:
 
 @asynccontextmanager
 async def clients(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    redis = open_redis(settings.redis_url, connections=settings.redis_connections)
+    redis = open_redis(settings.redis, connections=settings.redis_connections)
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
     try:
         yield redis, http

@@ -164,7 +164,7 @@ async def _delete(args: argparse.Namespace, settings: Settings, links: Links) ->
     user = await _known(links, args.id)
     if not args.yes:
         _confirm(user)
-    if settings.redis_url is None:
+    if settings.embedded_redis:
         print("tokens: not ended from here — the server keeps them in its own memory (no "
               "WXPUSH_REDIS_URL); restart it to end them")  # fmt: skip
     else:
@@ -189,7 +189,7 @@ def _confirm(user: User) -> None:
 async def _end_tokens(settings: Settings, user_id: str) -> None:
     """Every token of the person ends first: Redis down stops the delete with nothing
     deleted (erasing first would leave tokens no one can end by name any more)."""
-    redis = open_redis(settings.redis_url, connections=2)
+    redis = open_redis(settings.redis, connections=2)
     try:
         await end_person(redis, settings.token_policy(), user_id, clients=settings.clients,
                          now=int(time.time()))  # fmt: skip

@@ -102,9 +102,7 @@ def lifespan(
     async def run(app: Starlette) -> AsyncIterator[State]:
         quiet_secret_loggers()
         async with AsyncExitStack() as stack:
-            redis, hot = open_connections(
-                settings.redis_url, connections=settings.redis_connections
-            )
+            redis, hot = open_connections(settings.redis, connections=settings.redis_connections)
             stack.push_async_callback(redis.aclose)
             if isinstance(hot, PipelinedConnection):
                 stack.push_async_callback(hot.aclose)

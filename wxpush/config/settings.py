@@ -33,7 +33,7 @@ from wxpush.config.policy import (
     TokenPolicy,
 )
 from wxpush.errors import SettingsError
-from wxpush.infra.redis_client import MAX_CONNECTIONS
+from wxpush.infra.redis_client import MAX_CONNECTIONS, RedisTarget
 
 
 def _setting(
@@ -51,6 +51,10 @@ class Settings:
     clients: Mapping[str, Client] = field(default_factory=dict)
     accounts_file: str | None = _setting("WXPUSH_ACCOUNTS_FILE", v.text)
     redis_url: str | None = _setting("WXPUSH_REDIS_URL", v.redis_url)
+    redis_sentinels: tuple[tuple[str, int], ...] = _setting(
+        "WXPUSH_REDIS_SENTINELS", v.host_ports, ()
+    )
+    redis_sentinel_service: str = _setting("WXPUSH_REDIS_SENTINEL_SERVICE", v.text, "mymaster")
     redis_connections: int = _setting(
         "WXPUSH_REDIS_CONNECTIONS", v.redis_connections, MAX_CONNECTIONS
     )
@@ -122,8 +126,15 @@ class Settings:
 
     @property
     def embedded_redis(self) -> bool:
-        """No Redis URL: one process on an in-memory Redis-compatible store."""
-        return self.redis_url is None
+        """No Redis URL and no sentinels: one process on an in-memory Redis-compatible store."""
+        return self.redis_url is None and not self.redis_sentinels
+
+    @property
+    def redis(self) -> RedisTarget | None:
+        """Where Redis is (``None``: the embedded store)."""
+        if self.embedded_redis:
+            return None
+        return RedisTarget(self.redis_url, self.redis_sentinels, self.redis_sentinel_service)
 
     @property
     def default_account(self) -> Account:

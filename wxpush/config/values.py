@@ -63,6 +63,17 @@ def redis_url(raw: str) -> str:
     return raw.strip()
 
 
+def host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port,…`` (a Redis Sentinel set)."""
+    found: list[tuple[str, int]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        host, _, port = item.rpartition(":")
+        if not item or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r}: give host:port, comma-separated")
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
+
+
 def database_url(raw: str) -> str:
     scheme = urlsplit(raw.strip()).scheme
     if not scheme.startswith(("sqlite", "postgresql", "postgres")):

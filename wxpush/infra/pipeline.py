@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import RedisSSLContext, SSLConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -84,6 +85,10 @@ class PipelinedConnection:
         self._address = (kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)))
         self._path: str | None = kwargs.get("path")  # unix:// URLs
         self._tls = _tls_context(client)  # rediss:// URLs
+        pool = client.connection_pool
+        # With Sentinel, the master's address is asked at each connect (after a failover, the
+        # lost connection's next command finds the new master).
+        self._master = pool if isinstance(pool, SentinelConnectionPool) else None
         self._hello = _handshake(kwargs)
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -151,6 +156,8 @@ class PipelinedConnection:
         conn: _Connection | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
+                if self._master is not None:
+                    self._address = await self._master.get_master_address()  # type: ignore[no-untyped-call]
                 if self._path is not None:
                     _, conn = await loop.create_unix_connection(_Connection, self._path)
                 elif self._tls is not None:
@@ -243,6 +250,10 @@ class _Connection(asyncio.Protocol):
             return  # its caller gave up waiting
         if isinstance(reply, hiredis.ReplyError):
             text = str(reply)
+            if text.startswith("READONLY"):  # a master demoted by a failover: find the new one
+                future.set_exception(RedisConnectionError("Redis is a replica now: " + text))
+                self.fail(RedisConnectionError("Redis became a replica"))
+                return
             kind = NoScriptError if text.startswith("NOSCRIPT") else ResponseError
             future.set_exception(kind(text))
         else:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -43,9 +47,29 @@ MIN_CONNECTIONS = 3  # pub/sub, pipelined connection, and one pooled for everyth
 POOL_WAIT = 1.0
 
 
-def open_redis(url: str | None, *, connections: int = MAX_CONNECTIONS) -> Redis:
-    """Return an asyncio Redis client for ``url`` holding at most ``connections`` (pub/sub
-    included), or the embedded store when ``url`` is ``None``."""
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where Redis is: one server by ``url``, or the master of ``service`` as the
+    ``sentinels`` name it (``url`` then carries only the password, db and TLS options)."""
+
+    url: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = "mymaster"
+
+    @property
+    def mode(self) -> str:
+        return "sentinel" if self.sentinels else "single"
+
+
+Target = RedisTarget | str | None
+
+
+def open_redis(target: Target, *, connections: int = MAX_CONNECTIONS) -> Redis:
+    """Return an asyncio Redis client for ``target`` (a :class:`RedisTarget` or a URL) holding
+    at most ``connections`` (pub/sub included), or the embedded store for ``None``."""
+    if isinstance(target, RedisTarget) and target.sentinels:
+        return _open_sentinel(target, connections)
+    url = target.url if isinstance(target, RedisTarget) else target
     if url is None:
         from fakeredis import FakeAsyncRedis  # imported lazily: only the embedded mode needs it
 
@@ -74,12 +98,44 @@ def open_redis(url: str | None, *, connections: int = MAX_CONNECTIONS) -> Redis:
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's connections, found through the sentinels (and again after a failover:
+    a connection that fails asks them anew), queued for as :func:`open_redis`'s are."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # closing for good: the sentinels' connections too
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+def _open_sentinel(target: RedisTarget, connections: int) -> Redis:
+    options: dict[str, Any] = {}
+    if target.url is not None:
+        options = dict(parse_url(target.url))
+        for name in ("host", "port", "path"):
+            options.pop(name, None)
+        if issubclass(options.pop("connection_class", object), SSLConnection):
+            options["ssl"] = True
+    timeouts = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=dict(timeouts))  # type: ignore[no-untyped-call]
+    pool = _SentinelBlockingPool(
+        target.service, sentinel, max_connections=connections, timeout=POOL_WAIT,
+        health_check_interval=30, retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        client_name=f"wxpush-{os.getpid()}", **timeouts, **options,
+    )  # type: ignore[no-untyped-call]  # fmt: skip
+    return Redis.from_pool(pool)
+
+
 def open_connections(
-    url: str | None, *, connections: int = MAX_CONNECTIONS
+    url: Target, *, connections: int = MAX_CONNECTIONS
 ) -> tuple[Redis, HotCommands]:
     """A server's Redis: the client (pool and pub/sub) and the hot path's commands, holding
     ``connections`` in all. With the embedded store the client serves the hot path too."""
-    if url is None or not PipelinedConnection.serves(url):
+    if isinstance(url, RedisTarget) and not url.sentinels:
+        url = url.url
+    if url is None or (isinstance(url, str) and not PipelinedConnection.serves(url)):
         client = open_redis(url, connections=connections)
         return client, hot_commands(client)
     client = open_redis(url, connections=connections - 1)

@@ -29,7 +29,9 @@ async def readyz(request: Request) -> JSONResponse:
         raise Unavailable("Redis is not reachable.", code="redis_unavailable") from exc
     people: People = request.state.people
     await people.ping(timeout=READY_TIMEOUT)
-    return JSONResponse({"status": "ok", "redis": "ok", "database": "ok"})
+    target = request.state.settings.redis
+    mode = "embedded" if target is None else target.mode
+    return JSONResponse({"status": "ok", "redis": "ok", "redis_mode": mode, "database": "ok"})
 
 
 async def metrics(request: Request) -> Response:

@@ -166,7 +166,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}},
     "/readyz": {
         "get": {
-            "summary": "Readiness: Redis and the database answer",
+            "summary": "Readiness: Redis and the database answer (and the Redis mode: "
+            "single, sentinel or embedded)",
             "responses": {"200": {"description": "Ready"}, **_errors()},
         }
     },
