@@ -313,12 +313,6 @@ class _SlowPubSub:
             yield message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a reconnect the hub says RESYNC as soon as it has sent the SUBSCRIBEs, "
-    "before Redis has confirmed them: a waiter re-reads its scene while it may not be "
-    "subscribed yet, and a change published in between is never heard",
-)
 async def test_resync_comes_once_the_resubscription_is_confirmed(own_redis: RedisServer) -> None:
     gates: list[HeldConfirmations] = []
 

@@ -15,8 +15,9 @@ waiter. The listener never awaits a waiter; a waiter whose queue overflows is ma
 the others lose nothing).
 
 Faults: if the connection drops, the listener logs it, reconnects with capped exponential
-backoff, re-subscribes every live channel, and then tells every waiter ``RESYNC`` so each
-re-reads its scene and sends whatever changed meanwhile. Waiters stay open throughout.
+backoff, re-subscribes every live channel, and tells each channel's waiters ``RESYNC`` once
+Redis has confirmed that channel again, so each re-reads its scene and sends whatever changed
+meanwhile. Waiters stay open throughout.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class Hub:
         self._pubsub: Any = None
         self._connected = asyncio.Event()
         self._on_reconnect = on_reconnect or (lambda: None)
+        self._resync: set[str] = set()  # channels to tell RESYNC once re-subscribed
 
     @property
     def waiter_count(self) -> int:
@@ -165,10 +167,9 @@ class Hub:
         first = True
         while True:
             try:
-                await self._connect()
+                await self._connect(resync=not first)
                 if not first:
                     self._on_reconnect()
-                    self._broadcast(RESYNC)  # a change may have landed while we were away
                 first = False
                 delay = BACKOFF_FIRST
                 await self._listen()
@@ -185,7 +186,11 @@ class Hub:
     async def close(self) -> None:
         await self._disconnect()
 
-    async def _connect(self) -> None:
+    async def _connect(self, *, resync: bool) -> None:
+        # After a reconnect, a change may have landed while we were away: each channel's
+        # waiters are told RESYNC once Redis confirms its subscription again (not before: a
+        # re-read made while still unsubscribed could miss a change published meanwhile).
+        self._resync = set(self._channels) if resync else set()
         self._pubsub = self._redis.pubsub()
         # Keep the connection even when no channel is live, so subscribing later is one
         # command on an open connection.
@@ -212,13 +217,12 @@ class Hub:
                 continue
             if kind == b"subscribe" or kind == "subscribe":
                 entry.confirmed.set()
+                if name in self._resync:
+                    self._resync.discard(name)
+                    for waiter in list(entry.waiters):
+                        waiter.offer(RESYNC)
             elif kind == b"message" or kind == "message":
                 data = message["data"]
                 text = data.decode() if isinstance(data, bytes) else str(data)
                 for waiter in list(entry.waiters):
                     waiter.offer(text)
-
-    def _broadcast(self, message: str) -> None:
-        for entry in self._channels.values():
-            for waiter in list(entry.waiters):
-                waiter.offer(message)
