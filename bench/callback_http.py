@@ -120,15 +120,21 @@ def stop(proc: subprocess.Popen[bytes], name: str) -> None:
         proc.wait(timeout=STOP_TIMEOUT)
 
 
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_redis(port: int, workdir: Path, tls: Path | None = None) -> subprocess.Popen[bytes]:
+    """A redis-server on ``port``; with ``tls`` (a certificate, its ``key.pem`` beside it) on a
+    TLS port only."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(binary).exists():
         sys.exit("redis-server not found (apt-get install -y redis-server)")
+    ports = ["--port", str(port)]
+    if tls is not None:
+        key = str(tls.parent / "key.pem")
+        ports = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls),
+                 "--tls-key-file", key, "--tls-auth-clients", "no"]  # fmt: skip
     proc = subprocess.Popen(
         [
             binary,
-            "--port",
-            str(port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -146,6 +152,11 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"redis-server exited with status {proc.returncode}")
+        if tls is not None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                return proc  # listening (its TLS is the clients' to check)
+            time.sleep(0.05)
+            continue
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
             s.sendall(b"PING\r\n")
             if s.recv(64).startswith(b"+PONG"):

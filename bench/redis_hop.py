@@ -12,10 +12,15 @@ alternating in rounds:
 - **back to back**: CPU time per command, and the throughput of ``--concurrency`` callers
   sharing the client.
 
+With ``--tls`` Redis listens on a TLS port only (a self-signed certificate made by
+``openssl``) and both clients speak TLS: the pool is what a ``rediss://`` hot path used before
+the pipelined connection spoke TLS.
+
 Run from the repository root::
 
     python bench/redis_hop.py                      # 400 commands after a 20 ms gap, each way
     python bench/redis_hop.py --gap 2 --commands 1000
+    python bench/redis_hop.py --tls
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,8 +78,10 @@ async def back_to_back(call: Call, commands: int, concurrency: int) -> tuple[flo
     return 1e6 * cpu / done, done / wall
 
 
-async def measure(port: int, args: argparse.Namespace) -> None:
+async def measure(port: int, args: argparse.Namespace, cert: Path | None) -> None:
     url = f"redis://127.0.0.1:{port}/0"
+    if cert is not None:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
     pool = open_redis(url)
     pipelined = PipelinedConnection(pool, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
     await pool.hset("wxpush:scene:bench", mapping={"status": "LOOP", "account": "default"})
@@ -85,7 +93,8 @@ async def measure(port: int, args: argparse.Namespace) -> None:
     for call in calls.values():  # load the script, open the connections
         await call()
     idle = await after_idle(calls, args.commands, args.gap / 1000)
-    print(f"\n{args.commands} commands each, one every {args.gap:g} ms; then "
+    over = "TLS; " if cert else ""
+    print(f"\n{over}{args.commands} commands each, one every {args.gap:g} ms; then "
           f"{args.busy:,} back to back by {args.concurrency} callers\n")  # fmt: skip
     print("| client | after idleness p50 µs | p99 µs | CPU µs per command | commands/s |")
     print("|---|---:|---:|---:|---:|")
@@ -97,12 +106,24 @@ async def measure(port: int, args: argparse.Namespace) -> None:
     await pool.aclose()
 
 
+def tls_files(folder: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (``cert.pem``, its key beside it)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return folder / "cert.pem"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--commands", type=int, default=400, help="timed after idleness")
     parser.add_argument("--gap", type=float, default=20.0, help="ms of idleness before each")
     parser.add_argument("--busy", type=int, default=20_000, help="commands back to back")
     parser.add_argument("--concurrency", type=int, default=32, help="callers back to back")
+    parser.add_argument("--tls", action="store_true", help="Redis on a TLS port only")
     args = parser.parse_args(argv)
     if not 1 <= args.commands <= 100_000 or not 0 <= args.gap <= 1000:
         parser.error("--commands must be 1..100,000 and --gap 0..1000 ms")
@@ -110,12 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--concurrency must be 1..--busy")
     cores = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="wxpush-bench-") as tmp:
-        port = free_port()
+        port, cert = free_port(), (tls_files(Path(tmp)) if args.tls else None)
         with pinned({cores[-1]} if len(cores) > 1 else None):
-            redis = start_redis(port, Path(tmp))
+            redis = start_redis(port, Path(tmp), tls=cert)
         try:
             with pinned({cores[0]} if len(cores) > 1 else None):
-                uvloop.run(measure(port, args))
+                uvloop.run(measure(port, args, cert))
         finally:
             stop(redis, "redis-server")
     return 0

@@ -13,6 +13,7 @@ dropped at once, without the polite goodbye a hung server would never answer.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -92,7 +93,7 @@ def _abort(dbapi_connection: Any, record: Any, exception: BaseException | None) 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    _into_wal(cursor)
     cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL, and far fewer fsyncs
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
@@ -137,3 +138,19 @@ def unavailable() -> Unavailable:
     return Unavailable(
         "The database is not reachable; try again shortly.", code="database_unavailable"
     )
+
+
+def _into_wal(cursor: Any) -> None:
+    """Switch the file to WAL. While another process switches a fresh file at the same time,
+    SQLite answers "database is locked" at once, without waiting the busy timeout (its busy
+    handler is not called there): try again, for up to that timeout. (This runs in the
+    driver's thread, so the short sleeps block no event loop.)"""
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
