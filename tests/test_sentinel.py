@@ -31,19 +31,20 @@ fake_wechat = fakewechat.fake_wechat
 FAILOVER = TIMEOUT * 4  # down after 0.5 s, then the sentinels' vote and the promotion
 
 
-def deliver(site: Site, created: dict[str, Any], openid: str) -> None:
+def deliver(site: Site, created: dict[str, Any], openid: str) -> list[int]:
     """WeChat delivers a scan: the same signed message again while the answer is not 200
-    (WeChat retries a failed callback), for at most :data:`FAILOVER` s."""
+    (WeChat retries a failed callback), for at most :data:`FAILOVER` s; the statuses seen."""
     params, body = site.scan_event(site.fake.scene_of(created["qr_url"]), openid)
-    deadline = time.monotonic() + FAILOVER
+    deadline, seen = time.monotonic() + FAILOVER, []
     while True:
         try:
             answer = site.client.post("/wechat/default/callback", params=params, content=body)
+            seen.append(answer.status_code)
             if answer.status_code == 200:
-                return
+                return seen
             assert answer.status_code == 503, answer.text  # Redis away: a 503, never a 500
         except httpx.TimeoutException:
-            pass
+            seen.append(0)
         assert time.monotonic() < deadline, "the callback never succeeded after the failover"
         time.sleep(0.2)
 
@@ -99,9 +100,12 @@ def test_a_failover_while_browsers_wait_loses_no_login(
             old = sentinel_set.master_port()
             sentinel_set.replicate(old)  # the replica has it all
             sentinel_set.kill(old)
-            await asyncio.to_thread(wait_for, lambda: sentinel_set.master_port() != old, FAILOVER)
-            for created, openid in zip(scenes, [NEW_OPENID, *strangers], strict=True):
-                await asyncio.to_thread(deliver, site, created, openid)
+            # a scan in the gap, before any replica is promoted: 503s, then it lands
+            during = await asyncio.to_thread(deliver, site, scenes[-1], strangers[-1])
+            assert during[0] == 503 and during[-1] == 200, during
+            assert sentinel_set.master_port() != old
+            for created, openid in zip(scenes[:-1], [NEW_OPENID, *strangers[:-1]], strict=True):
+                assert await asyncio.to_thread(deliver, site, created, openid) == [200]
             for ws, seen in zip(sockets, frames, strict=True):
                 while seen[-1]["status"] == "LOOP":
                     seen.append(json.loads(await asyncio.wait_for(ws.recv(), FAILOVER)))
