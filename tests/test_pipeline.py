@@ -183,3 +183,25 @@ async def test_a_reply_that_came_while_the_loop_lagged_is_not_a_timeout(redis_ur
     finally:
         await pipelined.aclose()
         await client.aclose()
+
+
+async def test_a_busy_pool_serves_every_caller_in_turn(redis_url: str) -> None:
+    """32 callers on the pool's 3 connections, back to back: none may wait out the pool's
+    second while the others keep taking connections (redis-py's own pool lets a caller that
+    arrives as a connection comes back take it before the waiter that was woken for it, and
+    under this load a few of 20,000 commands failed with "No connection available")."""
+    client = open_redis(redis_url, connections=3)
+    failed: list[BaseException] = []
+
+    async def caller() -> None:
+        for _ in range(625):
+            try:
+                await client.get("k")
+            except RedisConnectionError as exc:
+                failed.append(exc)
+
+    try:
+        await asyncio.gather(*(caller() for _ in range(32)))
+    finally:
+        await client.aclose()
+    assert failed == []

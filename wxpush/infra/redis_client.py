@@ -7,6 +7,7 @@ first look, wrong for more than one process, so start-up says so in the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def open_redis(target: Target, *, connections: int = MAX_CONNECTIONS) -> Redis:
         )
         client: Redis = FakeAsyncRedis()
         return client
-    pool = BlockingConnectionPool.from_url(
+    pool = FairPool.from_url(
         url,
         max_connections=connections,
         timeout=POOL_WAIT,
@@ -98,7 +99,44 @@ def open_redis(target: Target, *, connections: int = MAX_CONNECTIONS) -> Redis:
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
-class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+class FairPool(BlockingConnectionPool):
+    """redis-py's blocking pool, with its callers served in the order they came.
+
+    redis-py's own wakes one waiter when a connection comes back, but a caller arriving at that
+    moment takes it first: under steady load a waiter can lose every time for ``timeout`` s
+    and fail (``No connection available.``: a 503 with Redis healthy; 11 of 20,000 commands by
+    32 callers on 3 connections, each waiting the whole second, while the p99 wait was 0.4 ms).
+    Here every caller first takes a turn from a FIFO semaphore of ``max_connections``, so no
+    one barges past a waiter.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(self.max_connections)
+        self._held: set[int] = set()  # the connections handed out with a turn
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._turns.acquire()
+        except TimeoutError as exc:
+            raise RedisConnectionError("No connection available.") from exc
+        try:
+            connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._turns.release()
+            raise
+        self._held.add(id(connection))
+        return connection
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        if id(connection) in self._held:  # not one refused inside get_connection
+            self._held.discard(id(connection))
+            self._turns.release()
+
+
+class _SentinelBlockingPool(SentinelConnectionPool, FairPool):
     """The master's connections, found through the sentinels (and again after a failover:
     a connection that fails asks them anew), queued for as :func:`open_redis`'s are."""
 
