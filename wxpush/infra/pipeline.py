@@ -36,6 +36,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -50,6 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 logger = logging.getLogger(__name__)
 
 Arg = str | bytes | int | float
+CLOSE_WAIT = 1.0
 
 
 class HotScript(Protocol):
@@ -135,8 +137,9 @@ class PipelinedConnection:
         if self._connecting is not None:
             self._connecting.cancel()
         if self._conn is not None:
-            self._conn.fail(RedisConnectionError("the pipelined connection was closed"))
-            self._conn = None
+            conn, self._conn = self._conn, None
+            conn.fail(RedisConnectionError("the pipelined connection was closed"))
+            await conn.closed()
 
     async def _connect(self) -> _Connection:
         """Connect once for all the callers that find the pipelined connection closed at the same
@@ -210,11 +213,21 @@ class _Connection(asyncio.Protocol):
         self._pending: deque[asyncio.Future[Any]] = deque()
         self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
+        self._lost: asyncio.Future[None] | None = None
         self.open = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._lost = asyncio.get_running_loop().create_future()
         self.open = True
+
+    async def closed(self) -> None:
+        """Wait (a second at most) until the transport is gone: a TLS one closes after its
+        close_notify exchange, which must not outlive the event loop."""
+        if self._lost is not None:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await asyncio.shield(self._lost)
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -261,6 +274,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError("Redis connection lost"))
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
 
     def fail(self, error: Exception) -> None:
         """Fail every command in flight and close: no reply can be matched any more."""
