@@ -80,23 +80,27 @@ def open_redis(target: Target, *, connections: int = MAX_CONNECTIONS) -> Redis:
         )
         client: Redis = FakeAsyncRedis()
         return client
-    pool = FairPool.from_url(
-        url,
-        max_connections=connections,
-        timeout=POOL_WAIT,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        health_check_interval=30,
-        retry_on_timeout=False,
+    pool = FairPool.from_url(url, **_pool_options(connections))
+    return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def _pool_options(connections: int) -> dict[str, Any]:
+    """What every pool of ours is built with, one server's or the Sentinel master's."""
+    return {
+        "max_connections": connections,
+        "timeout": POOL_WAIT,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": 30,
+        "retry_on_timeout": False,
         # One immediate retry when a pooled connection turns out dead (a Redis restart closed
         # it: the retry connects again), never redis-py's default of ten with backoff. Only
         # for ConnectionError: Retry's default list also holds TimeoutError, and a command
         # that timed out went to a server that is hung (sending it again only doubles the
         # wait) and may still run it once it wakes.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        client_name=f"wxpush-{os.getpid()}",  # CLIENT LIST tells each process's connections
-    )
-    return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "client_name": f"wxpush-{os.getpid()}",  # CLIENT LIST tells each process's connections
+    }
 
 
 class FairPool(BlockingConnectionPool):
@@ -156,13 +160,8 @@ def _open_sentinel(target: RedisTarget, connections: int) -> Redis:
         if issubclass(options.pop("connection_class", object), SSLConnection):
             options["ssl"] = True
     timeouts = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT}
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=dict(timeouts))  # type: ignore[no-untyped-call]
-    pool = _SentinelBlockingPool(
-        target.service, sentinel, max_connections=connections, timeout=POOL_WAIT,
-        health_check_interval=30, retry_on_timeout=False,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        client_name=f"wxpush-{os.getpid()}", **timeouts, **options,
-    )  # type: ignore[no-untyped-call]  # fmt: skip
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+    pool = _SentinelBlockingPool(target.service, sentinel, **_pool_options(connections), **options)  # type: ignore[no-untyped-call]
     return Redis.from_pool(pool)
 
 
