@@ -30,6 +30,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from wxpush.errors import Unavailable
 
@@ -143,8 +144,9 @@ def unavailable() -> Unavailable:
 def _into_wal(cursor: Any) -> None:
     """Switch the file to WAL. While another process switches a fresh file at the same time,
     SQLite answers "database is locked" at once, without waiting the busy timeout (its busy
-    handler is not called there): try again, for up to that timeout. (This runs in the
-    driver's thread, so the short sleeps block no event loop.)"""
+    handler is not called there): try again, for up to that timeout. This runs inside the
+    async engine's connect (SQLAlchemy's greenlet, on the event loop's thread), so the pause
+    between tries is awaited, not slept: the loop goes on serving meanwhile."""
     deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
     while True:
         try:
@@ -153,4 +155,4 @@ def _into_wal(cursor: Any) -> None:
         except Exception as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(0.01)
+            await_only(asyncio.sleep(0.01))
