@@ -414,12 +414,12 @@ async def test_webhook_failure_is_502_and_costs_nothing(
             await codes.send(PHONE, ip=IP, scope=SCENE)
         assert (caught.value.status, caught.value.code) == (502, "sms_failed")
     assert len(receiver.calls) == 3
-    assert await redis.zcard(f"wxpush:sms:day:{PHONE}") == 0
+    assert await redis.zcard(f"wxpush:sms:{{{PHONE}}}:day") == 0
     assert await redis.zcard(f"wxpush:sms:ip:{IP}") == 0
     receiver.status = 204
     assert await codes.send(PHONE, ip=IP, scope=SCENE) == 60  # at once: no interval was started
     await codes.verify(PHONE, receiver.last_code(), scope=SCENE)
-    assert await redis.zcard(f"wxpush:sms:day:{PHONE}") == 1
+    assert await redis.zcard(f"wxpush:sms:{{{PHONE}}}:day") == 1
 
 
 async def test_failed_resend_keeps_the_previous_code(
@@ -470,7 +470,7 @@ async def test_unreachable_webhook(redis: Redis, http: httpx.AsyncClient, clock:
     with pytest.raises(BadGateway) as caught:
         await codes.send(PHONE, ip=IP, scope=SCENE)
     assert caught.value.code == "sms_failed"
-    assert await redis.exists(f"wxpush:sms:next:{PHONE}") == 0
+    assert await redis.exists(f"wxpush:sms:{{{PHONE}}}:next") == 0
 
 
 async def test_slow_webhook_times_out(

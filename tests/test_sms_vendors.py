@@ -207,8 +207,8 @@ def codes_for(
 async def assert_nothing_spent(fake: FakeVendor, codes: SmsCodes, redis: Redis) -> None:
     """The failed send counted against no limit: asking again at once reaches the vendor, and
     the new code verifies."""
-    assert await redis.exists(f"wxpush:sms:next:{PHONE}") == 0
-    assert await redis.zcard(f"wxpush:sms:day:{PHONE}") == 0
+    assert await redis.exists(f"wxpush:sms:{{{PHONE}}}:next") == 0
+    assert await redis.zcard(f"wxpush:sms:{{{PHONE}}}:day") == 0
     assert await redis.zcard(f"wxpush:sms:ip:{IP}") == 0
     fake.tamper = False
     await codes.send(PHONE, ip=IP, scope=SCENE)
@@ -420,7 +420,7 @@ async def test_an_unreachable_vendor_is_502(
     codes = codes_for(fake, redis, http, **{var: f"http://127.0.0.1:{free_port()}"})
     error = await send_refused(codes)
     assert error.message == f"{words_of(fake)} could not be reached; try again."
-    assert await redis.exists(f"wxpush:sms:next:{PHONE}") == 0
+    assert await redis.exists(f"wxpush:sms:{{{PHONE}}}:next") == 0
 
 
 # -- logs --------------------------------------------------------------------------------------

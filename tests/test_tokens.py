@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import secrets
 import hmac
 import json
 import logging
@@ -402,6 +403,37 @@ async def test_logout_with_an_older_token_revokes_the_current_one(
         rotated = await service.refresh(pair["refresh_token"])
         await service.logout(pair["refresh_token"])
         assert await refresh_error(service, rotated["refresh_token"]) == "invalid_refresh_token"
+
+
+async def test_a_token_from_before_family_tags_still_works(tmp_path: Path, redis_url: str) -> None:
+    """A refresh token of the previous release (no family in it, its keys untagged) rotates
+    within its own family, is refused once reused, and ends with its person: an upgrade
+    logs nobody out."""
+    async with Redis.from_url(redis_url) as redis_client:
+        service = TokenService(make_settings(tmp_path).token_policy(), redis_client)
+        old, family = secrets.token_urlsafe(32), "oldfamily"
+        digest = hashlib.sha256(old.encode()).hexdigest()
+        record = {"family": family, "user": "u-old", "state": "live", "amr": "wx", "client": "",
+                  "scope": ""}  # fmt: skip
+        await redis_client.hset(f"wxpush:rt:{digest}", mapping=record)
+        await redis_client.sadd(f"wxpush:rtf:{family}", digest)
+        await redis_client.sadd("wxpush:rtp:u-old", family)
+        assert (await service.describe(old)) is not None
+        assert await service.family_of(old) == family
+        rotated = await service.refresh(old)
+        assert rotated["user"]["id"] == "u-old"
+        assert "." not in rotated["refresh_token"]  # its family keeps the keys it had
+        assert await refresh_error(service, old) == "refresh_token_reused"
+        assert await refresh_error(service, rotated["refresh_token"]) == "invalid_refresh_token"
+        await redis_client.sadd(f"wxpush:rtf:{family}", digest)  # live again, then erased
+        await redis_client.hset(f"wxpush:rt:{digest}", "state", "live")
+        await service.end_person("u-old")
+        assert await refresh_error(service, old) == "invalid_refresh_token"
+        assert not await redis_client.exists(f"wxpush:rt:{digest}", f"wxpush:rtf:{family}")
+        assert not await redis_client.exists("wxpush:rtp:u-old")
+        new = await service.issue("u-new", new=True)
+        family_part, dot, _ = new["refresh_token"].partition(".")
+        assert dot and await redis_client.exists(f"wxpush:rtf:{{{family_part}}}")
 
 
 async def test_refresh_tokens_are_stored_hashed(tmp_path: Path, redis_url: str) -> None:

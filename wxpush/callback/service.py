@@ -133,7 +133,10 @@ class CallbackService:
         if scene is None and self._policy.forward_url is None:
             return SUCCESS  # no side effect and always the same answer: nothing to remember
         digest = hashlib.sha1(message.dedup_key.encode()).hexdigest()
-        once = Once(f"wxpush:dedup:{account.name}:{digest}", self._policy.dedup_seconds)
+        # A scan's key carries its scene's hash tag: on a cluster it is on the scene's slot,
+        # where the scan's script claims it (SPEC §17)
+        tagged = "" if scene is None else "{" + scene[0] + "}:"
+        once = Once(f"wxpush:dedup:{tagged}{account.name}:{digest}", self._policy.dedup_seconds)
         if scene is not None and self._once_handler is not None:
             assert isinstance(message, SubscribeEvent | ScanEvent)
             scan = Scan(account, message.from_user, scene[0], message, link=scene[1])

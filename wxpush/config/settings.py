@@ -55,6 +55,7 @@ class Settings:
         "WXPUSH_REDIS_SENTINELS", v.host_ports, ()
     )
     redis_sentinel_service: str = _setting("WXPUSH_REDIS_SENTINEL_SERVICE", v.text, "mymaster")
+    redis_cluster: bool = _setting("WXPUSH_REDIS_CLUSTER", v.boolean, False)
     redis_connections: int = _setting(
         "WXPUSH_REDIS_CONNECTIONS", v.redis_connections, MAX_CONNECTIONS
     )
@@ -134,7 +135,9 @@ class Settings:
         """Where Redis is (``None``: the embedded store)."""
         if self.embedded_redis:
             return None
-        return RedisTarget(self.redis_url, self.redis_sentinels, self.redis_sentinel_service)
+        return RedisTarget(
+            self.redis_url, self.redis_sentinels, self.redis_sentinel_service, self.redis_cluster
+        )
 
     @property
     def default_account(self) -> Account:
@@ -287,6 +290,8 @@ _ENV = {f.name: f.metadata.get("env", "") for f in dataclasses.fields(Settings)}
 
 
 def _check_consistency(settings: Settings) -> None:
+    if settings.redis is not None and (problem := settings.redis.problem()) is not None:
+        raise SettingsError(*problem)
     provider = settings.sms_provider
     for name in _SMS_NEEDS.get(provider, ()):
         if getattr(settings, name) is None:

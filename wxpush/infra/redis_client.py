@@ -11,7 +11,8 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -20,6 +21,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from wxpush.infra.cluster import open_cluster
 from wxpush.infra.pipeline import HotCommands, PipelinedConnection, hot_commands
 
 logger = logging.getLogger(__name__)
@@ -56,10 +58,26 @@ class RedisTarget:
     url: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = "mymaster"
+    cluster: bool = False  # url is a seed of a Redis Cluster
 
     @property
     def mode(self) -> str:
-        return "sentinel" if self.sentinels else "single"
+        return "sentinel" if self.sentinels else "cluster" if self.cluster else "single"
+
+    def problem(self) -> tuple[str, str] | None:
+        """What is wrong with this target (the setting, what): ``None`` when nothing."""
+        if not self.cluster:
+            return None
+        if self.sentinels:
+            return "WXPUSH_REDIS_CLUSTER", "a cluster has no sentinels; set one or the other"
+        if self.url is None:
+            return "WXPUSH_REDIS_URL", "missing; give any node of the cluster"
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            return "WXPUSH_REDIS_URL", "a cluster is reached over TCP, not a unix socket"
+        if parts.path.strip("/") not in ("", "0"):
+            return "WXPUSH_REDIS_URL", "a cluster has only database 0"
+        return None
 
 
 Target = RedisTarget | str | None
@@ -70,6 +88,8 @@ def open_redis(target: Target, *, connections: int = MAX_CONNECTIONS) -> Redis:
     at most ``connections`` (pub/sub included), or the embedded store for ``None``."""
     if isinstance(target, RedisTarget) and target.sentinels:
         return _open_sentinel(target, connections)
+    if isinstance(target, RedisTarget) and target.cluster and target.url is not None:
+        return _open_cluster(target.url, connections)
     url = target.url if isinstance(target, RedisTarget) else target
     if url is None:
         from fakeredis import FakeAsyncRedis  # imported lazily: only the embedded mode needs it
@@ -165,11 +185,25 @@ def _open_sentinel(target: RedisTarget, connections: int) -> Redis:
     return Redis.from_pool(pool)
 
 
+def _open_cluster(url: str, connections: int) -> Redis:
+    options = _pool_options(connections)
+    for name in ("max_connections", "timeout", "retry"):
+        options.pop(name)
+    # On each node: the hub's pub/sub (if it waits on a scene there), the hot path's
+    # pipelined connection, and the rest for the turns of everything else.
+    turns = max(1, connections - 2)
+    return cast(Redis, open_cluster(url, turns=turns, wait=POOL_WAIT, **options))
+
+
 def open_connections(
     url: Target, *, connections: int = MAX_CONNECTIONS
 ) -> tuple[Redis, HotCommands]:
     """A server's Redis: the client (pool and pub/sub) and the hot path's commands, holding
-    ``connections`` in all. With the embedded store the client serves the hot path too."""
+    ``connections`` in all. With the embedded store the client serves the hot path too (and,
+    for now, the cluster client on a cluster)."""
+    if isinstance(url, RedisTarget) and url.cluster:
+        client = open_redis(url, connections=connections)
+        return client, hot_commands(client)
     if isinstance(url, RedisTarget) and not url.sentinels:
         url = url.url
     if url is None or (isinstance(url, str) and not PipelinedConnection.serves(url)):

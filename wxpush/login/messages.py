@@ -1,7 +1,10 @@
 """The ONE format of a scene's pub/sub message: written by the scene's transition script,
 read by its waiters. Nothing else knows it.
 
-A scene's key and its channel have the same name, ``wxpush:scene:{id}``. The message is the
+A scene's key and its channel have the same name, ``wxpush:scene:{<id>}``: the braces are
+the id's hash tag, so on a Redis Cluster every key of the scene (its de-dup keys too,
+:func:`tag`) and its sharded channel are on one slot, and a scan's one script runs on one
+shard. The message is the
 new status and the publish time, ``"<STATUS> <unix time>"`` (the time feeds the
 push-latency metric): never a secret, never the tokens, which the first reader claims from
 the store.
@@ -16,14 +19,19 @@ from wxpush.login.states import CODES
 PREFIX = "wxpush:scene:"
 
 
+def tag(scene_id: str) -> str:
+    """The scene's hash tag: a key holding it is on the scene's slot of a cluster."""
+    return "{" + scene_id + "}"
+
+
 def channel(scene_id: str) -> str:
     """The pub/sub channel of a scene (the same name as its key)."""
-    return PREFIX + scene_id
+    return PREFIX + tag(scene_id)
 
 
 def key(scene_id: str) -> str:
     """The Redis hash of a scene."""
-    return PREFIX + scene_id
+    return PREFIX + tag(scene_id)
 
 
 def encode(status: str, now: float | None = None) -> str:

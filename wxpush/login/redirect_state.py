@@ -1,10 +1,11 @@
 """The ``state`` of a redirect door (SPEC §13): one-time, bound to its scene in Redis.
 
-``wxpush:oauth:{state}`` holds the scene id for the scene's life. The redirect takes it with
-``GETDEL``, so of two redirects carrying one state only one goes on; a redirect that logged
-no one in (declined, WeChat's error, a snapshot visitor) gives it back, so the person may try
-again until the scene expires. The state, not the scene id, is what WeChat and the person's
-browser history see.
+``wxpush:oauth:<state>`` holds the scene id for the scene's life (on a cluster, on a slot of
+its own: the state must not name the scene, so it cannot carry the scene's hash tag). The
+redirect takes it with ``GETDEL``, so of two redirects carrying one state only one goes on; a
+redirect that logged no one in (declined, WeChat's error, a snapshot visitor) gives it back,
+so the person may try again until the scene expires. The state, not the scene id, is what
+WeChat and the person's browser history see.
 """
 
 from __future__ import annotations
@@ -16,15 +17,6 @@ from wxpush.login import messages
 
 PREFIX = "wxpush:oauth:"
 _CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-
-# KEYS[1] the scene, KEYS[2] the state to give back; ARGV[1] the scene id. Lives as long as
-# the scene still does; a state taken meanwhile (or a scene gone) is left alone.
-_RESTORE = """
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl <= 0 then return 0 end
-if redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl, 'NX') then return 1 end
-return 0
-"""
 
 
 def new_state() -> str:
@@ -45,7 +37,6 @@ class RedirectStates:
 
     def __init__(self, redis: Any) -> None:
         self._redis = redis
-        self._restore = redis.register_script(_RESTORE)
 
     async def take(self, state: str) -> str | None:
         """The scene ``state`` was bound to, consumed (``None``: unknown, used or expired)."""
@@ -55,5 +46,9 @@ class RedirectStates:
         return None if value is None else value.decode()
 
     async def give_back(self, state: str, scene_id: str) -> None:
-        """Bind ``state`` to its scene again, for the rest of the scene's life."""
-        await self._restore(keys=[messages.key(scene_id), key(state)], args=[scene_id])
+        """Bind ``state`` to its scene again, for the rest of the scene's life; a state taken
+        meanwhile is left alone (and a scene that ends meanwhile leaves a state that leads
+        nowhere: its redirect finds no scene)."""
+        ttl = await self._redis.pttl(messages.key(scene_id))
+        if ttl > 0:
+            await self._redis.set(key(state), scene_id, px=ttl, nx=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 # ttl-floor, the message to publish, the account the scene must belong to ('' = any), the
 # de-dup key's ttl and marker ('' without KEYS[2]), the user a link scene links to ('' for a
 # login: a login never moves a link scene, nor a link a login's), then field/value pairs.
+# On a cluster the channel is sharded (SPUBLISH, the scene's slot; see move_script).
 MOVE = """
 local once = KEYS[2]
 if once then
@@ -27,6 +28,12 @@ redis.call('PUBLISH', KEYS[1], ARGV[4])
 if once then redis.call('SET', once, ARGV[7], 'EX', ARGV[6]) end
 return 'OK'
 """
+
+
+def move_script(sharded: bool) -> str:
+    """:data:`MOVE`, publishing on the scene's sharded channel when ``sharded`` (a cluster)."""
+    return MOVE.replace("'PUBLISH'", "'SPUBLISH'") if sharded else MOVE
+
 
 # KEYS[1] scene; ARGV[1] the claim's mark (the family of the tokens it is for). Returns
 # {user_id, new, provider, oidc, kind, ip} to the one caller that claims, else the status

@@ -1,7 +1,7 @@
 """The scene state machine in Redis: create, resolve a scan, claim once, expire.
 
 A scene is one login attempt (one QR code, one waiting browser), a Redis hash
-``wxpush:scene:{id}`` that lives as long as its QR code::
+``wxpush:scene:{<id>}`` (the braces are its hash tag) that lives as long as its QR code::
 
     LOOP ──scan, known person──▶ REG ──first read──▶ REG (claimed)
       │                           ▲
@@ -15,9 +15,9 @@ token is handed out exactly once: the first reader of an unclaimed ``REG`` scene
 ``claimed`` and only then are tokens minted (no token is ever stored). The claim is marked
 with the refresh-token family it is for, so a claim whose tokens never reached anyone (the
 reader left, or the issue failed) is given back by its own claimer only — ``claimed`` again
-``0``, for the next reader. Each change is PUBLISHed on ``wxpush:scene:{id}`` with the new
-status only — no secret crosses pub/sub; a waiter that hears it reads (and claims) from the
-store.
+``0``, for the next reader. Each change is published on the scene's channel, of its key's
+name (sharded, ``SPUBLISH``, on a cluster), with the new status only — no secret crosses
+pub/sub; a waiter that hears it reads (and claims) from the store.
 """
 
 from __future__ import annotations
@@ -96,12 +96,17 @@ class SceneStore:
     ``hot`` (default ``redis``) carries the reads and moves on the path of a login."""
 
     def __init__(
-        self, redis: Any, hot: HotCommands | None = None, *, clock: Callable[[], float] = time.time
+        self,
+        redis: Any,
+        hot: HotCommands | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sharded: bool = False,
     ) -> None:
         self._redis = redis
         self._hot = hot_commands(redis, hot)
         self._clock = clock
-        self._move = self._hot.register_script(scene_scripts.MOVE)
+        self._move = self._hot.register_script(scene_scripts.move_script(sharded))
         self._claim = self._hot.register_script(scene_scripts.CLAIM)
         self._release = self._hot.register_script(scene_scripts.RELEASE)
 
@@ -116,10 +121,7 @@ class SceneStore:
         expires_at = self._clock() + expire_seconds
         fields = {"account": account, "status": "LOOP", "qr_url": qr_url,
                   "expires_at": repr(expires_at), "claimed": "0", **opened.fields()}  # fmt: skip
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(messages.key(scene_id), mapping=fields)
-            pipe.expire(messages.key(scene_id), expire_seconds)
-            await pipe.execute()
+        await self._write(scene_id, fields, expire_seconds)
         return Scene(scene_id, account, "LOOP", qr_url, expires_at, oidc=opened.oidc,
                      link=opened.link, ip=opened.ip)  # fmt: skip
 
@@ -136,14 +138,19 @@ class SceneStore:
                   "expires_at": repr(expires_at), "claimed": "0", **opened.fields()}  # fmt: skip
         if return_to is not None:
             fields["return_to"] = return_to
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(messages.key(scene_id), mapping=fields)
-            pipe.expire(messages.key(scene_id), ttl)
-            pipe.set(redirect_state.key(state), scene_id, ex=ttl)
-            await pipe.execute()
+        await self._write(scene_id, fields, ttl)
+        # after the scene, on a slot of its own: a state whose write failed leaves a scene no
+        # redirect can reach, which expires unseen
+        await self._redis.set(redirect_state.key(state), scene_id, ex=ttl)
         scene = Scene(scene_id, account, "LOOP", "", expires_at, kind=kind, return_to=return_to,
                       oidc=opened.oidc, link=opened.link, ip=opened.ip)  # fmt: skip
         return scene, state
+
+    async def _write(self, scene_id: str, fields: dict[str, str], ttl: int) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(messages.key(scene_id), mapping=fields)
+            pipe.expire(messages.key(scene_id), ttl)
+            await pipe.execute()
 
     async def get(self, scene_id: str) -> Scene | None:
         """The scene, or ``None`` when unknown or expired."""

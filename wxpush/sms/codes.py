@@ -40,35 +40,53 @@ from wxpush.sms.providers import SmsProvider
 logger = logging.getLogger(__name__)
 
 CODE_DIGITS = 6
-# KEYS: next, day log, ip log. ARGV: now_ms, interval_ms, day limit, ip limit, member, next.
-# Answers {verdict, ms to wait}; on "ok" the send is recorded in all three keys.
-_RESERVE = """
+# A sliding log of sends: admit(log, window ms, limit, now ms, member) records the send and
+# answers 0, or answers the ms until the oldest send in the window leaves it.
+_ADMIT = """
+local function admit(log, window, limit, now, member)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  local n = redis.call('ZCARD', log)
+  if n >= limit then
+    local freed = redis.call('ZRANGE', log, n - limit, n - limit, 'WITHSCORES')
+    return tonumber(freed[2]) + window - now
+  end
+  redis.call('ZADD', log, now, member)
+  redis.call('PEXPIRE', log, window)
+  return 0
+end
+"""
+
+# KEYS: the phone's next, its day log (one hash tag: one slot of a cluster). ARGV: now_ms,
+# interval_ms, day limit, member, next. Answers {verdict, ms to wait}; on "ok" the send is
+# recorded in both keys.
+_RESERVE_PHONE = (
+    _ADMIT
+    + """
 local now = tonumber(ARGV[1])
 local next_ok = tonumber(redis.call('GET', KEYS[1]) or '0')
 if next_ok > now then return {'interval', next_ok - now} end
-local logs = {{KEYS[2], 86400000, tonumber(ARGV[3]), 'phone'},
-              {KEYS[3], 3600000, tonumber(ARGV[4]), 'ip'}}
-for _, log in ipairs(logs) do
-  redis.call('ZREMRANGEBYSCORE', log[1], '-inf', now - log[2])
-  local n = redis.call('ZCARD', log[1])
-  if n >= log[3] then
-    local freed = redis.call('ZRANGE', log[1], n - log[3], n - log[3], 'WITHSCORES')
-    return {log[4], tonumber(freed[2]) + log[2] - now}
-  end
-end
-redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[2])
-for _, log in ipairs(logs) do
-  redis.call('ZADD', log[1], now, ARGV[5])
-  redis.call('PEXPIRE', log[1], log[2])
-end
+local wait = admit(KEYS[2], 86400000, tonumber(ARGV[3]), now, ARGV[4])
+if wait > 0 then return {'phone', wait} end
+redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[2])
 return {'ok', 0}
 """
+)
 
-# Undo a reservation whose SMS could not be sent. KEYS as above; ARGV: member, next.
+# KEYS: the ip log. ARGV: now_ms, hour limit, member. Answers as above.
+_RESERVE_IP = (
+    _ADMIT
+    + """
+local wait = admit(KEYS[1], 3600000, tonumber(ARGV[2]), tonumber(ARGV[1]), ARGV[3])
+if wait > 0 then return {'ip', wait} end
+return {'ok', 0}
+"""
+)
+
+# Undo a phone's reservation (its SMS could not be sent, or the ip was over its limit).
+# KEYS as for _RESERVE_PHONE; ARGV: member, next.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
 return 0
 """
 
@@ -110,7 +128,8 @@ class SmsCodes:
         self._provider = provider
         self._clock = clock
         self._key = policy.hmac_key
-        self._reserve = redis.register_script(_RESERVE)
+        self._reserve_phone = redis.register_script(_RESERVE_PHONE)
+        self._reserve_ip = redis.register_script(_RESERVE_IP)
         self._release = redis.register_script(_RELEASE)
         self._verify = redis.register_script(_VERIFY)
         self._consume = redis.register_script(_CONSUME)
@@ -124,17 +143,25 @@ class SmsCodes:
         s = self._policy
         now = self._now_ms()
         member, next_ok = f"{now}:{secrets.token_hex(4)}", str(now + s.interval * 1000)
-        keys = [f"wxpush:sms:next:{phone}", f"wxpush:sms:day:{phone}", f"wxpush:sms:ip:{ip}"]
-        limits = [s.per_day_per_phone, s.per_hour_per_ip]
-        args = [now, s.interval * 1000, *limits, member, next_ok]
-        verdict, wait_ms = await self._reserve(keys=keys, args=args)
+        # the phone's keys share its hash tag; the ip's are elsewhere on a cluster, so the
+        # phone is reserved first and given back when the ip is over its limit
+        phone_keys = [f"wxpush:sms:{{{phone}}}:next", f"wxpush:sms:{{{phone}}}:day"]
+        ip_keys = [f"wxpush:sms:ip:{ip}"]
+        args = [now, s.interval * 1000, s.per_day_per_phone, member, next_ok]
+        verdict, wait_ms = await self._reserve_phone(keys=phone_keys, args=args)
+        if _text(verdict) == "ok":
+            args = [now, s.per_hour_per_ip, member]
+            verdict, wait_ms = await self._reserve_ip(keys=ip_keys, args=args)
+            if _text(verdict) != "ok":
+                await self._release(keys=phone_keys, args=[member, next_ok])
         if _text(verdict) != "ok":
             raise _rate_limited(_text(verdict), math.ceil(int(wait_ms) / 1000))
         code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
         try:
             await self._provider.send(phone, code, s.code_ttl)
         except Exception:
-            await self._release(keys=keys, args=[member, next_ok])
+            await self._release(keys=phone_keys, args=[member, next_ok])
+            await self._redis.zrem(ip_keys[0], member)
             raise
         await self._store(phone, scope, code, now)
         logger.info("SMS code sent to %s", mask_phone(phone))
