@@ -1,10 +1,12 @@
-"""One Redis pub/sub connection per process, fanned out to every local waiter.
+"""One Redis pub/sub connection per process (per cluster master), fanned out to every local
+waiter.
 
 A *waiter* is one local listener on one channel: for the login, one browser (a WebSocket or
 a long-poll) on one scene. The hub knows channels by the names it is given (the login core
 names them, :mod:`wxpush.login.messages`), never what they carry. However many waiters there
-are, the process holds a single pub/sub connection: the first waiter of a channel
-subscribes it, the last one unsubscribes (reference counting).
+are, the process holds a single pub/sub connection (on a Redis Cluster, one to each master
+that serves a channel it waits on, :mod:`wxpush.realtime.shards`): the first waiter of a
+channel subscribes it, the last one unsubscribes (reference counting).
 
 Ordering: :meth:`Hub.waiter` returns only once Redis has *confirmed* the subscription, so a
 waiter that then reads the scene's state cannot miss a change published after that read.
@@ -14,10 +16,11 @@ waiter. The listener never awaits a waiter; a waiter whose queue overflows is ma
 ``overflowed`` and its transport closes it (a browser that stopped reading loses its socket,
 the others lose nothing).
 
-Faults: if the connection drops, the listener logs it, reconnects with capped exponential
-backoff, re-subscribes every live channel, and tells each channel's waiters ``RESYNC`` once
-Redis has confirmed that channel again, so each re-reads its scene and sends whatever changed
-meanwhile. Waiters stay open throughout.
+Faults: if a connection drops, its listener logs it, reconnects with capped exponential
+backoff (on a cluster, to whichever master serves each channel by then), re-subscribes every
+live channel, and tells each channel's waiters ``RESYNC`` once Redis has confirmed that
+channel again, so each re-reads its scene and sends whatever changed meanwhile. Waiters stay
+open throughout.
 """
 
 from __future__ import annotations
@@ -28,18 +31,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wxpush.errors import Unavailable
+from wxpush.realtime.shards import Route, Shard, route_for
 
 logger = logging.getLogger(__name__)
 
 RESYNC = "RESYNC"  # not a status: "re-read the scene, something may have changed"
 QUEUE_SIZE = 16
 SUBSCRIBE_TIMEOUT = 1.0  # a waiter that cannot subscribe by then gets a 503
-BACKOFF_FIRST, BACKOFF_CAP = 0.05, 5.0
 
 
 class Waiter:
@@ -109,13 +110,20 @@ class _Channel:
 class Hub:
     """The process's pub/sub fan-out. Start with :meth:`run` as a background task."""
 
-    def __init__(self, redis: Any, *, on_reconnect: Callable[[], None] | None = None) -> None:
-        self._redis = redis
+    def __init__(
+        self, redis: Any, *, on_reconnect: Callable[[], None] | None = None,
+        route: Route | None = None,
+    ) -> None:  # fmt: skip
+        self._route = route or route_for(redis)
         self._channels: dict[str, _Channel] = {}
-        self._pubsub: Any = None
-        self._connected = asyncio.Event()
+        self._where: dict[str, Shard] = {}  # each live channel's shard
+        self._shards: dict[str, Shard] = {}
+        if not self._route.sharded:  # the one connection, kept open
+            self._shards[""] = Shard(self, self._route, "", keep=True)
         self._on_reconnect = on_reconnect or (lambda: None)
         self._resync: set[str] = set()  # channels to tell RESYNC once re-subscribed
+        self._running = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def waiter_count(self) -> int:
@@ -131,8 +139,8 @@ class Hub:
         entry = self._channels.get(name)
         if entry is None:
             entry = self._channels[name] = _Channel()
-            if self._connected.is_set():
-                await self._subscribe(name)
+            with suppress(RedisError, OSError):  # no map of the cluster: the wait times out
+                await self._place(name)
         waiter = Waiter(name, size)
         entry.waiters.add(waiter)
         try:
@@ -148,81 +156,93 @@ class Hub:
             entry.waiters.discard(waiter)
             if not entry.waiters and self._channels.get(name) is entry:
                 del self._channels[name]
-                await self._unsubscribe(name)
+                self._resync.discard(name)
+                if (shard := self._where.pop(name, None)) is not None:
+                    await shard.unsubscribe(name)
+                    self._drop_if_idle(shard)
 
-    async def _subscribe(self, name: str) -> None:
-        with suppress(RedisError, OSError):  # the listener re-subscribes after a reconnect
-            await self._pubsub.subscribe(name)
+    async def _place(self, name: str) -> None:
+        """Hand channel ``name`` to the shard that carries it (one is opened if need be)."""
+        node = self._route.node(name)
+        shard = self._shards.get(node)
+        if shard is None:
+            shard = self._shards[node] = Shard(self, self._route, node, keep=False)
+            if self._running:
+                self._start(shard)
+        self._where[name] = shard
+        await shard.subscribe(name)
 
-    async def _unsubscribe(self, name: str) -> None:
-        if self._connected.is_set():
-            with suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(name)
+    def _drop_if_idle(self, shard: Shard) -> None:
+        if shard.idle and self._shards.get(shard.node) is shard:
+            del self._shards[shard.node]  # its listener ends once the server confirms
 
-    # -- the listener -----------------------------------------------------------------------
+    # -- what the shards tell ---------------------------------------------------------------
+
+    def confirmed(self, shard: Shard, name: str) -> None:
+        entry = self._channels.get(name)
+        if entry is None or self._where.get(name) is not shard:
+            return
+        entry.confirmed.set()
+        if name in self._resync:
+            self._resync.discard(name)
+            for waiter in list(entry.waiters):
+                waiter.offer(RESYNC)
+
+    def heard(self, name: str, text: str) -> None:
+        entry = self._channels.get(name)
+        if entry is not None:
+            for waiter in list(entry.waiters):
+                waiter.offer(text)
+
+    def reconnected(self) -> None:
+        self._on_reconnect()
+
+    async def lost(self, shard: Shard) -> None:
+        """``shard`` lost its connection: its channels wait for their re-subscription (and
+        are told RESYNC then: a change may land meanwhile); those another node serves now
+        move to that node's shard."""
+        for name in shard.channels:
+            if (entry := self._channels.get(name)) is not None:
+                entry.confirmed.clear()
+            self._resync.add(name)
+        if not self._route.sharded:
+            return
+        try:
+            await self._route.refresh()
+        except Exception as exc:  # the cluster is away: try the same nodes again
+            logger.warning("cannot read the Redis Cluster's map (%s)", type(exc).__name__)
+            return
+        for name in list(shard.channels):
+            with suppress(Exception):  # a slot no master serves yet: stays, tried again
+                if self._route.node(name) != shard.node and self._where.get(name) is shard:
+                    shard.channels.discard(name)
+                    await self._place(name)
+        self._drop_if_idle(shard)
+
+    # -- the listeners ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Listen forever: reconnect with capped backoff, never die silently."""
-        delay = BACKOFF_FIRST
-        first = True
-        while True:
-            try:
-                await self._connect(resync=not first)
-                if not first:
-                    self._on_reconnect()
-                first = False
-                delay = BACKOFF_FIRST
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                logger.warning("Redis pub/sub connection lost; reconnecting in %.2f s", delay)
-            except Exception:
-                logger.exception("Redis pub/sub listener failed; reconnecting in %.2f s", delay)
-            await self._disconnect()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_CAP)
+        """Listen forever: each connection reconnects with capped backoff, never dies
+        silently."""
+        if not self._route.sharded:
+            await self._shards[""].run()
+            return
+        self._running = True
+        for shard in self._shards.values():
+            self._start(shard)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._running = False
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _start(self, shard: Shard) -> None:
+        task = asyncio.create_task(shard.run())
+        self._tasks.add(task)  # with the ones dropped that are still closing
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        await self._disconnect()
-
-    async def _connect(self, *, resync: bool) -> None:
-        # After a reconnect, a change may have landed while we were away: each channel's
-        # waiters are told RESYNC once Redis confirms its subscription again (not before: a
-        # re-read made while still unsubscribed could miss a change published meanwhile).
-        self._resync = set(self._channels) if resync else set()
-        self._pubsub = self._redis.pubsub()
-        # Keep the connection even when no channel is live, so subscribing later is one
-        # command on an open connection.
-        await self._pubsub.subscribe("wxpush:hub")
-        for name in list(self._channels):
-            await self._pubsub.subscribe(name)
-        self._connected.set()
-
-    async def _disconnect(self) -> None:
-        self._connected.clear()
-        for entry in self._channels.values():
-            entry.confirmed.clear()
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with suppress(RedisError, OSError):
-                await pubsub.aclose()
-
-    async def _listen(self) -> None:
-        async for message in self._pubsub.listen():
-            kind = message["type"]
-            name = message["channel"].decode()
-            entry = self._channels.get(name)
-            if entry is None:
-                continue
-            if kind == b"subscribe" or kind == "subscribe":
-                entry.confirmed.set()
-                if name in self._resync:
-                    self._resync.discard(name)
-                    for waiter in list(entry.waiters):
-                        waiter.offer(RESYNC)
-            elif kind == b"message" or kind == "message":
-                data = message["data"]
-                text = data.decode() if isinstance(data, bytes) else str(data)
-                for waiter in list(entry.waiters):
-                    waiter.offer(text)
+        for shard in list(self._shards.values()):
+            await shard.close()
+        await self._route.close()
