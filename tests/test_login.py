@@ -145,8 +145,15 @@ def select_rows(database_url: str, query: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
+def redis_env() -> dict[str, str]:
+    """Settings of Redis beside ``WXPUSH_REDIS_URL`` (a module on a cluster sets its own)."""
+    return {}
+
+
+@pytest.fixture
 def start(
     redis_url: str,
+    redis_env: dict[str, str],
     tmp_path: Path,
     database_url: str,
     fake_wechat: fakewechat.FakeWeChat,
@@ -167,6 +174,7 @@ def start(
             "WXPUSH_SMS_PROVIDER": "webhook",
             "WXPUSH_SMS_WEBHOOK_URL": sms_inbox.url,
             "WXPUSH_SMS_INTERVAL_SECONDS": "1",
+            **redis_env,
         }
         variables = {**base, **env}
         settings = Settings.from_env(variables, dotenv=None)

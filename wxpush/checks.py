@@ -20,7 +20,7 @@ from wxpush.clients.wechat_oauth import OAuthClient
 from wxpush.config.accounts import WebsiteApp
 from wxpush.config.settings import Settings
 from wxpush.errors import WeChatAPIError, WxpushError
-from wxpush.infra.redis_client import open_redis
+from wxpush.infra.redis_client import open_redis, ping
 from wxpush.infra.sql import open_engine
 from wxpush.people.store import People
 
@@ -29,12 +29,15 @@ async def services(settings: Settings) -> int:
     failures = 0
     async with clients(settings) as (redis, http):
         try:
-            await asyncio.wait_for(redis.ping(), timeout=3)
+            await asyncio.wait_for(ping(redis), timeout=3)
             target = settings.redis
             where = "embedded, single process" if target is None else f"{target.mode}, reachable"
             if target is not None and target.sentinels:
                 host, port = await redis.connection_pool.get_master_address()
                 where += f"; master of {target.service!r} at {host}:{port}"
+            if target is not None and target.cluster:
+                masters = sorted(node.name for node in redis.get_primaries())
+                where += f"; {len(masters)} masters answer: {', '.join(masters)}"
             print(f"redis: ok ({where})")
         except Exception as exc:
             print(f"redis: failed — {type(exc).__name__}: {exc}")

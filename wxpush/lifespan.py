@@ -127,7 +127,8 @@ def lifespan(
             oidc = Provider(settings.clients, tokens, people, redis, hot)
             sms_policy = settings.sms_policy()
             sms = SmsCodes(sms_policy, redis, make_provider(sms_policy, http=http, redis=redis))
-            scenes, login_policy = SceneStore(redis, hot), settings.login_policy()
+            sharded = settings.redis is not None and settings.redis.cluster  # SPUBLISH
+            scenes, login_policy = SceneStore(redis, hot, sharded=sharded), settings.login_policy()
             arrival = Arrival(login_policy, scenes, people, metrics)
             login = LoginFlow(
                 policy=login_policy, accounts=settings.accounts, scenes=scenes, people=people,

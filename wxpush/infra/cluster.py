@@ -33,20 +33,24 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     ClusterError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-# ClusterError: CLUSTERDOWN, redirections that never settled; AskError: MOVED too
-_UNSERVED = (ClusterError, SlotNotCoveredError, TryAgainError, AskError)
+# ClusterError: CLUSTERDOWN, redirections that never settled; AskError: MOVED too;
+# RedisClusterException: no node reachable to read the map from, a slot no master serves
+_UNSERVED = (ClusterError, RedisClusterException, TryAgainError, AskError)
 
 
 class ClusterClient(RedisCluster):
     """redis-py's cluster client with turns, no resend after a timeout, and 503s (see the
     module)."""
 
-    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+    ERRORS_ALLOW_RETRY = (  # type: ignore[assignment]  # not TimeoutError
+        RedisConnectionError, ClusterDownError, SlotNotCoveredError,
+    )  # fmt: skip
 
     def __init__(self, *args: Any, turns: int, wait: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

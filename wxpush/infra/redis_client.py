@@ -21,7 +21,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from wxpush.infra.cluster import open_cluster
+from wxpush.infra.cluster import ClusterClient, open_cluster
 from wxpush.infra.pipeline import HotCommands, PipelinedConnection, hot_commands
 
 logger = logging.getLogger(__name__)
@@ -187,12 +187,20 @@ def _open_sentinel(target: RedisTarget, connections: int) -> Redis:
 
 def _open_cluster(url: str, connections: int) -> Redis:
     options = _pool_options(connections)
-    for name in ("max_connections", "timeout", "retry"):
+    for name in ("max_connections", "timeout", "retry", "retry_on_timeout"):
         options.pop(name)
     # On each node: the hub's pub/sub (if it waits on a scene there), the hot path's
     # pipelined connection, and the rest for the turns of everything else.
     turns = max(1, connections - 2)
     return cast(Redis, open_cluster(url, turns=turns, wait=POOL_WAIT, **options))
+
+
+async def ping(client: Any) -> None:
+    """The server answers (on a cluster: every master)."""
+    if isinstance(client, ClusterClient):
+        await client.ping_masters()
+    else:
+        await client.ping()
 
 
 def open_connections(

@@ -163,7 +163,7 @@ class Hub:
 
     async def _place(self, name: str) -> None:
         """Hand channel ``name`` to the shard that carries it (one is opened if need be)."""
-        node = self._route.node(name)
+        node = await self._route.node(name)
         shard = self._shards.get(node)
         if shard is None:
             shard = self._shards[node] = Shard(self, self._route, node, keep=False)
@@ -214,7 +214,8 @@ class Hub:
             return
         for name in list(shard.channels):
             with suppress(Exception):  # a slot no master serves yet: stays, tried again
-                if self._route.node(name) != shard.node and self._where.get(name) is shard:
+                moved = await self._route.node(name) != shard.node
+                if moved and self._where.get(name) is shard:
                     shard.channels.discard(name)
                     await self._place(name)
         self._drop_if_idle(shard)

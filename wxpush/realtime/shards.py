@@ -28,7 +28,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wxpush.infra.cluster import ClusterClient
@@ -54,7 +54,7 @@ class Owner(Protocol):
 class Route(Protocol):
     sharded: bool  # SSUBSCRIBE / smessage, and a shard that carries nothing closes
 
-    def node(self, name: str) -> str:
+    async def node(self, name: str) -> str:
         """The shard that carries channel ``name``."""
         ...
 
@@ -73,7 +73,7 @@ class OneServer:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
 
-    def node(self, name: str) -> str:
+    async def node(self, name: str) -> str:
         return ""
 
     def pubsub(self, node: str) -> Any:
@@ -93,9 +93,13 @@ class ClusterShards:
         self._cluster = cluster
         self._clients: dict[str, Redis] = {}  # one pub/sub client per master, as it is needed
 
-    def node(self, name: str) -> str:
-        slot = self._cluster.keyslot(name)
-        return str(self._cluster.nodes_manager.get_node_from_slot(slot).name)
+    async def node(self, name: str) -> str:
+        try:
+            await self._cluster.initialize()  # the map, read once (and after a failure)
+            found = self._cluster.nodes_manager.get_node_from_slot(self._cluster.keyslot(name))
+        except (KeyError, IndexError, RedisClusterException) as exc:
+            raise RedisConnectionError("no master of the cluster serves this channel") from exc
+        return str(found.name)
 
     def pubsub(self, node: str) -> Any:
         client = self._clients.get(node)

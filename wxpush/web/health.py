@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from wxpush.errors import Unavailable
+from wxpush.infra.redis_client import ping
 from wxpush.people.store import People
 
 READY_TIMEOUT = 1.0
@@ -24,7 +25,7 @@ async def readyz(request: Request) -> JSONResponse:
     """Readiness: Redis and the database answer within a second each."""
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            await request.state.redis.ping()
+            await ping(request.state.redis)
     except Exception as exc:
         raise Unavailable("Redis is not reachable.", code="redis_unavailable") from exc
     people: People = request.state.people
