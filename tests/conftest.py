@@ -137,6 +137,13 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_env() -> dict[str, str]:
+    """Settings of Redis beside ``WXPUSH_REDIS_URL`` for a server under test (a module on a
+    cluster sets its own)."""
+    return {}
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """A clean database on the shared redis-server for each test."""
     if redis_server.proc is None:

@@ -347,3 +347,35 @@ async def test_resync_comes_once_the_resubscription_is_confirmed(own_redis: Redi
         finally:
             gates[0].release.set()
             consumer.cancel()
+
+
+# -- this process's own moves ------------------------------------------------------------------
+
+
+async def test_a_move_of_this_process_reaches_its_waiters_at_once_and_once(hub: Running) -> None:
+    scene = new_scene_id()
+    async with hub.hub.waiter(channel(scene)) as first, hub.hub.waiter(channel(scene)) as second:
+        hub.hub.moved(channel(scene), "NOT_REG 7.5")  # before Redis has published anything
+        assert await next_of(first, PROMPTLY) == "NOT_REG 7.5"
+        assert await next_of(second, PROMPTLY) == "NOT_REG 7.5"
+        assert await hub.publish(scene, "NOT_REG 7.5") == 1  # its copy back from Redis
+        assert await hub.publish(scene, "REG 8.5") == 1  # another process's move
+        assert await next_of(first) == "REG 8.5"  # the copy was dropped
+        assert await next_of(second) == "REG 8.5"
+
+
+async def test_a_copy_from_redis_that_comes_first_makes_the_local_one_dropped(
+    hub: Running,
+) -> None:
+    scene = new_scene_id()
+    async with hub.hub.waiter(channel(scene)) as waiter:
+        assert await hub.publish(scene, "NOT_REG 9.5") == 1
+        assert await next_of(waiter) == "NOT_REG 9.5"
+        hub.hub.moved(channel(scene), "NOT_REG 9.5")
+        hub.hub.moved(channel(scene), "REG 10.5")
+        assert await next_of(waiter, PROMPTLY) == "REG 10.5"
+
+
+async def test_a_move_no_local_waiter_waits_on_is_nothing(hub: Running) -> None:
+    hub.hub.moved(channel(new_scene_id()), "NOT_REG 11.5")  # nobody here: no error, no state
+    assert hub.hub.waiter_count == 0

@@ -145,12 +145,6 @@ def select_rows(database_url: str, query: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def redis_env() -> dict[str, str]:
-    """Settings of Redis beside ``WXPUSH_REDIS_URL`` (a module on a cluster sets its own)."""
-    return {}
-
-
-@pytest.fixture
 def start(
     redis_url: str,
     redis_env: dict[str, str],

@@ -45,6 +45,7 @@ class Store:
     scenes: SceneStore
     redis: Redis
     qr: QRMaker
+    moved: list[tuple[str, str]]  # what the store told of each move it made
 
     async def new(self, expire_seconds: int = 300) -> Scene:
         return await self.scenes.create(ACCOUNT, expire_seconds, self.qr)
@@ -75,7 +76,9 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     """A SceneStore as a server builds it: the pool and the hot path's lane (real Redis), or
     the embedded store of ``wxpush demo``."""
     client, hot = open_connections(redis_url if request.param == "redis" else None)
-    yield Store(SceneStore(client, hot, clock=lambda: NOW), client, QRMaker())
+    moved: list[tuple[str, str]] = []
+    scenes = SceneStore(client, hot, clock=lambda: NOW, moved=lambda *told: moved.append(told))
+    yield Store(scenes, client, QRMaker(), moved)
     if isinstance(hot, PipelinedConnection):
         await hot.aclose()
     await client.aclose()
@@ -368,3 +371,15 @@ async def test_only_a_not_reg_scene_can_be_bound(store: Store) -> None:
         assert caught.value.code == "scene_state"
     assert (await store.status(loop.id), await store.status(reg.id)) == ("LOOP", "REG")
     assert await store.scenes.claim(reg.id, "family-1") == Claim("u1", False)  # not taken
+
+
+async def test_each_move_made_is_told_with_the_message_it_published(store: Store) -> None:
+    scene = await store.new()
+    async with Channel(store.redis, scene.id) as heard:
+        assert await store.scenes.mark_scanned(
+            scene.id, account=ACCOUNT, openid=OPENID, user_id=None
+        )
+        assert store.moved == [(channel(scene.id), await heard.next())]
+    again = await store.scenes.mark_scanned(scene.id, account=ACCOUNT, openid=OPENID, user_id=None)
+    assert again is False
+    assert len(store.moved) == 1  # a move that did not happen is not told

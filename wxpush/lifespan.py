@@ -127,8 +127,10 @@ def lifespan(
             oidc = Provider(settings.clients, tokens, people, redis, hot)
             sms_policy = settings.sms_policy()
             sms = SmsCodes(sms_policy, redis, make_provider(sms_policy, http=http, redis=redis))
+            hub = Hub(redis, on_reconnect=metrics.hub_reconnects.inc)
             sharded = settings.redis is not None and settings.redis.cluster  # SPUBLISH
-            scenes, login_policy = SceneStore(redis, hot, sharded=sharded), settings.login_policy()
+            scenes = SceneStore(redis, hot, sharded=sharded, moved=hub.moved)
+            login_policy = settings.login_policy()
             arrival = Arrival(login_policy, scenes, people, metrics)
             login = LoginFlow(
                 policy=login_policy, accounts=settings.accounts, scenes=scenes, people=people,
@@ -147,7 +149,6 @@ def lifespan(
                 scan_handler=scan_handler or ignore_scan,
                 once_handler=None if scan_handler else login.on_scan,
             )  # fmt: skip
-            hub = Hub(redis, on_reconnect=metrics.hub_reconnects.inc)
             listener = asyncio.create_task(hub.run(), name="wxpush-hub")
             stack.push_async_callback(_stop, listener, hub)
             logger.info("wxpush ready: accounts %s", ", ".join(settings.accounts))

@@ -102,8 +102,10 @@ class SceneStore:
         *,
         clock: Callable[[], float] = time.time,
         sharded: bool = False,
+        moved: Callable[[str, str], None] = lambda channel, message: None,
     ) -> None:
         self._redis = redis
+        self._moved = moved  # told each move this process made: (channel, message)
         self._hot = hot_commands(redis, hot)
         self._clock = clock
         self._move = self._hot.register_script(scene_scripts.move_script(sharded))
@@ -260,7 +262,10 @@ class SceneStore:
         result: bytes | list[bytes] | None = await self._move(keys=keys, args=args)
         if isinstance(result, list):
             return Retried(result[1])
-        return result == b"OK"
+        if result == b"OK":
+            self._moved(messages.channel(scene_id), message)  # this process's waiters, now
+            return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)

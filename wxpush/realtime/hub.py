@@ -11,6 +11,11 @@ channel subscribes it, the last one unsubscribes (reference counting).
 Ordering: :meth:`Hub.waiter` returns only once Redis has *confirmed* the subscription, so a
 waiter that then reads the scene's state cannot miss a change published after that read.
 
+Push at the floor: a move made by this process (:meth:`Hub.moved`) reaches its own waiters at
+once, without waiting for its publish to come back from Redis; the copy that comes back is
+dropped (and one that came first makes the local one dropped), so no waiter hears a message
+twice. Other processes hear it through pub/sub as ever.
+
 Backpressure: messages are fanned out with ``put_nowait`` into a small bounded queue per
 waiter. The listener never awaits a waiter; a waiter whose queue overflows is marked
 ``overflowed`` and its transport closes it (a browser that stopped reading loses its socket,
@@ -100,11 +105,28 @@ class Waiter:
 
 
 class _Channel:
-    __slots__ = ("confirmed", "waiters")
+    __slots__ = ("confirmed", "once", "waiters")
 
     def __init__(self) -> None:
         self.waiters: set[Waiter] = set()
         self.confirmed = asyncio.Event()
+        # messages handed over by one way (local, or Redis) whose copy by the other way is
+        # still to come: that copy is dropped (None while there is none: most never have one)
+        self.once: list[str] | None = None
+
+    def first_time(self, text: str) -> bool:
+        """Whether ``text`` comes for the first time (each comes at most twice: from this
+        process's own move, and back through Redis)."""
+        once = self.once
+        if once is not None and text in once:
+            once.remove(text)
+            return False
+        if once is None:
+            once = self.once = []
+        elif len(once) >= QUEUE_SIZE:  # a copy that never came (a lost connection)
+            del once[0]
+        once.append(text)
+        return True
 
 
 class Hub:
@@ -189,10 +211,16 @@ class Hub:
                 waiter.offer(RESYNC)
 
     def heard(self, name: str, text: str) -> None:
+        """A message from Redis."""
         entry = self._channels.get(name)
-        if entry is not None:
+        if entry is not None and entry.first_time(text):
             for waiter in list(entry.waiters):
                 waiter.offer(text)
+
+    def moved(self, name: str, text: str) -> None:
+        """A message of this process's own move (published too): its waiters have it at
+        once, not after the publish comes back from Redis, and that copy is dropped."""
+        self.heard(name, text)
 
     def reconnected(self) -> None:
         self._on_reconnect()
