@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import secrets
 import hmac
 import json
 import logging
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
