@@ -304,3 +304,28 @@ async def test_an_expiry_timer_never_outlives_its_watch() -> None:
         await later
     waiter.offer("marker")
     assert await waiter.next() == "marker"  # no EXPIRY was offered before it
+
+
+async def test_timers_ring_in_order_and_cancelled_ones_never() -> None:
+    """The waiters' timers share one loop timer: they ring in order, a cancelled one never
+    rings, and the many cancelled by sockets that left early (the heap rebuilt) take no
+    live one with them."""
+    from wxpush.login.waiting import _call_later  # the waiters' timers, alone
+
+    waiters = [Waiter(f"c{i}", 4) for i in range(3)]
+    late = _call_later(0.06, waiters[0], "late")
+    soon = _call_later(0.02, waiters[1], "soon")
+    gone = [_call_later(0.04, waiters[2], "gone") for _ in range(500)]
+    for alarm in gone:
+        alarm.cancel()
+    rang: list[str] = []
+
+    async def first(waiter: Waiter) -> None:
+        rang.append(str(await waiter.next()))
+
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(first(waiters[0]), first(waiters[1]))
+    assert rang == ["soon", "late"]
+    waiters[2].stop()
+    assert await waiters[2].next() is None  # nothing rang for the cancelled ones
+    assert late and soon

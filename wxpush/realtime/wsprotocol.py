@@ -33,7 +33,7 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 TICK = 0.5  # seconds between two batches of pings
 PING = b"\x89\x00"  # a server's ping frame: FIN, opcode 9, unmasked, empty payload
@@ -91,6 +91,7 @@ class WaitingSocketProtocol(WebSocketsSansIOProtocol):
     def start_keepalive(self) -> None:
         # Called once the handshake is answered: the parsed request and response are done with.
         self.request = self.response = None  # type: ignore[assignment]
+        _forget_handshake(self.conn)
         if self.ping_interval:
             _keepalive(self).add(self)
 
@@ -110,6 +111,17 @@ class WaitingSocketProtocol(WebSocketsSansIOProtocol):
         self.answered = False
         self.transport.write(PING)
         return True
+
+
+def _forget_handshake(conn: Any) -> None:
+    """Let go of the parsed handshake request (its headers: 2 KiB a socket) that websockets'
+    parser keeps for the connection's whole life, as a local of its generator, once it has
+    moved on to frames: a fresh frame parser takes over. Only with nothing read yet, so that
+    no frame is half-parsed by the old one (a client sends nothing before the 101 it has not
+    yet read)."""
+    if conn.state is State.OPEN and not conn.reader.buffer and not conn.reader.eof:
+        conn.parser = Protocol.parse(conn)
+        next(conn.parser)  # started: waiting for the first frame
 
 
 def _keepalive(protocol: WaitingSocketProtocol) -> Keepalive:

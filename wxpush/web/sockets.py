@@ -49,6 +49,9 @@ class SocketCount:
             del self._open[ip]
 
 
+_DONE: dict[str, Any] = {}  # a socket's scope state, once it is served
+
+
 async def scene_socket(scope: Scope, receive: Receive, send: Send) -> None:
     """The socket of one waiting browser (``WS /ws/v1/scenes/{scene}``), as a plain ASGI app.
 
@@ -76,9 +79,14 @@ async def scene_socket(scope: Scope, receive: Receive, send: Send) -> None:
         return
     metrics: Metrics = state["metrics"]
     metrics.waiters.labels("websocket").inc()
+    flow, hub = state["login"], state["hub"]
+    del state  # the scope's copy of the app's state: let it go with the headers (below)
     try:
         await send({"type": "websocket.accept"})
-        await _serve(receive, send, scene_id, state["login"], state["hub"], metrics)
+        # An idle socket keeps its scope for its whole life: what only the handshake needed
+        # goes (1.3 KiB a socket)
+        scope["headers"], scope["state"] = (), _DONE
+        await _serve(receive, send, scene_id, flow, hub, metrics)
     finally:
         metrics.waiters.labels("websocket").dec()
         sockets.release(ip)
