@@ -18,10 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests import fakewechat, test_doors, test_login, test_oidc, test_people_links
+from tests import fakewechat, test_doors, test_login, test_oidc, test_people_links, test_push
 from tests.cluster import FAILOVER, RedisCluster, redis_cluster
 from tests.sentinel import ask
 from tests.test_cli import wxpush
@@ -32,6 +33,7 @@ from tests.util import TIMEOUT
 fake_wechat = fakewechat.fake_wechat
 sms_inbox, start, site = test_login.sms_inbox, test_login.start, test_login.site
 oidc, doors = test_oidc.oidc, test_doors.doors
+cluster = test_push.cluster  # real `wxpush serve` processes
 __all__ = ["redis_cluster"]
 
 # the flows, as on one Redis
@@ -59,6 +61,10 @@ test_a_declined_login_leaves_the_scene_waiting = (
 )
 test_delete_me_erases_the_person_and_ends_their_tokens = (
     test_people_links.test_delete_me_erases_the_person_and_ends_their_tokens
+)
+# two `wxpush serve` processes: 200 sockets opened as their scene is scanned on the other
+test_no_change_is_lost_between_subscribe_and_read = (
+    test_push.test_no_change_is_lost_between_subscribe_and_read
 )
 
 
@@ -221,3 +227,49 @@ def test_a_master_killed_while_browsers_wait_loses_no_login(
     )
     assert me.status_code == 200, me.text
     assert other.client.get("/readyz").status_code == 200
+
+
+def test_a_process_holds_one_pubsub_connection_per_master_it_waits_on(
+    cluster: test_push.Cluster, shared_cluster: RedisCluster
+) -> None:
+    server = cluster.start_server(WXPUSH_SOCKETS_PER_IP="5000")
+    assert server.proc is not None
+    name = f"wxpush-{server.proc.pid}"
+
+    def connections() -> dict[int, list[dict[str, Any]]]:
+        """The server's connections to each master, as its CLIENT LIST shows them."""
+        return {port: [c for c in ask_list(port) if c["name"] == name]
+                for port in shared_cluster.masters()}  # fmt: skip
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT * 4) as client:
+            scenes = [await cluster.new_scene(server, client) for _ in range(300)]
+            sockets = [await connect(f"{server.ws_url}/ws/v1/scenes/{s['scene']}") for s in scenes]
+            assert [json.loads(await ws.recv())["status"] for ws in sockets] == ["LOOP"] * 300
+            held = connections()
+            for port, mine in held.items():
+                subscribed = [c for c in mine if int(c.get("ssub", 0)) > 0]
+                assert len(subscribed) == 1, (port, mine)  # one pub/sub connection a shard
+                # its lane, its pub/sub, and the pool's (WXPUSH_REDIS_CONNECTIONS - 2, two more
+                # for a moment after an error)
+                assert len(mine) <= 5, (port, mine)
+            assert sum(int(c.get("ssub", 0)) for m in held.values() for c in m) == 300
+            await asyncio.gather(*(cluster.scan(server, client, s) for s in scenes[::10]))
+            for ws in sockets[::10]:
+                assert json.loads(await ws.recv())["status"] == "NOT_REG"
+            await asyncio.gather(*(ws.close() for ws in sockets))
+
+        async def closed() -> bool:
+            return all(int(c.get("ssub", 0)) == 0 for m in connections().values() for c in m)
+
+        async with asyncio.timeout(TIMEOUT):  # the shards let go of their connections
+            while not await closed():
+                await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+
+
+def ask_list(port: int) -> list[dict[str, Any]]:
+    """CLIENT LIST of the node on ``port``."""
+    with redis.Redis(port=port, socket_timeout=TIMEOUT) as client:
+        return list(client.client_list())

@@ -59,7 +59,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(
-    redis_url: str, tmp_path: Path, fake_wechat: fakewechat.FakeWeChat
+    redis_url: str, redis_env: dict[str, str], tmp_path: Path, fake_wechat: fakewechat.FakeWeChat
 ) -> Iterator[Cluster]:
     servers: list[ServerProcess] = []
 
@@ -75,6 +75,7 @@ def cluster(
             "WXPUSH_WECHAT_API_BASE": fake_wechat.url,
             "WXPUSH_SCENES_PER_MINUTE_PER_IP": "100000",
             "WXPUSH_SMS_INTERVAL_SECONDS": "1",
+            **redis_env,
         }
         server = ServerProcess({**base, **env}, tmp_path, args=list(args)).start()
         servers.append(server)
@@ -83,6 +84,7 @@ def cluster(
     yield Cluster(fake_wechat, start_server)
     for server in servers:
         server.stop(signal.SIGKILL)
+        print(f"-- server {server.port}:\n{server.log()}")  # shown when the test failed
 
 
 async def frame(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:

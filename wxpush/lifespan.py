@@ -23,6 +23,7 @@ from wxpush.clients import outbound
 from wxpush.clients.wechat import WeChatAPI
 from wxpush.clients.wechat_oauth import OAuthClient
 from wxpush.config.settings import Settings
+from wxpush.infra.lanes import ClusterLanes
 from wxpush.infra.metrics import Metrics
 from wxpush.infra.pipeline import PipelinedConnection
 from wxpush.infra.ratelimit import RateLimiter
@@ -104,7 +105,7 @@ def lifespan(
         async with AsyncExitStack() as stack:
             redis, hot = open_connections(settings.redis, connections=settings.redis_connections)
             stack.push_async_callback(redis.aclose)
-            if isinstance(hot, PipelinedConnection):
+            if isinstance(hot, PipelinedConnection | ClusterLanes):
                 stack.push_async_callback(hot.aclose)
             engine = open_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)

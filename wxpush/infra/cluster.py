@@ -108,7 +108,9 @@ def open_cluster(url: str, *, turns: int, wait: float, **options: Any) -> Cluste
         url,
         turns=turns,
         wait=wait,
-        max_connections=turns,
+        # the turns keep a node at ``turns`` connections; redis-py gives a connection back
+        # to its node a moment late after an error (from a task), so a little headroom
+        max_connections=turns + 2,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         require_full_coverage=True,
         **options,

@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from wxpush.infra.cluster import ClusterClient, open_cluster
+from wxpush.infra.lanes import ClusterLanes
 from wxpush.infra.pipeline import HotCommands, PipelinedConnection, hot_commands
 
 logger = logging.getLogger(__name__)
@@ -207,11 +208,14 @@ def open_connections(
     url: Target, *, connections: int = MAX_CONNECTIONS
 ) -> tuple[Redis, HotCommands]:
     """A server's Redis: the client (pool and pub/sub) and the hot path's commands, holding
-    ``connections`` in all. With the embedded store the client serves the hot path too (and,
-    for now, the cluster client on a cluster)."""
+    ``connections`` in all (on a cluster, on each master: the hot path there has a pipelined
+    connection to each, :mod:`wxpush.infra.lanes`). With the embedded store the client
+    serves the hot path too."""
     if isinstance(url, RedisTarget) and url.cluster:
-        client = open_redis(url, connections=connections)
-        return client, hot_commands(client)
+        cluster = open_redis(url, connections=connections)
+        assert isinstance(cluster, ClusterClient)
+        lanes = ClusterLanes(cluster, timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
+        return cluster, lanes
     if isinstance(url, RedisTarget) and not url.sentinels:
         url = url.url
     if url is None or (isinstance(url, str) and not PipelinedConnection.serves(url)):

@@ -39,7 +39,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from wxpush.errors import Unavailable
-from wxpush.realtime.shards import Route, Shard, route_for
+from wxpush.realtime.shards import IDLE_SECONDS, Route, Shard, route_for
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Hub:
         self._where: dict[str, Shard] = {}  # each live channel's shard
         self._shards: dict[str, Shard] = {}
         if not self._route.sharded:  # the one connection, kept open
-            self._shards[""] = Shard(self, self._route, "", keep=True)
+            self._shards[""] = Shard(self, self._route, "")
         self._on_reconnect = on_reconnect or (lambda: None)
         self._resync: set[str] = set()  # channels to tell RESYNC once re-subscribed
         self._running = False
@@ -222,15 +222,22 @@ class Hub:
         node = await self._route.node(name)
         shard = self._shards.get(node)
         if shard is None:
-            shard = self._shards[node] = Shard(self, self._route, node, keep=False)
+            shard = self._shards[node] = Shard(self, self._route, node)
             if self._running:
                 self._start(shard)
         self._where[name] = shard
         await shard.subscribe(name)
 
     def _drop_if_idle(self, shard: Shard) -> None:
-        if shard.idle and self._shards.get(shard.node) is shard:
-            del self._shards[shard.node]  # its listener ends once the server confirms
+        """A cluster shard that carries nothing is closed if it still carries nothing after
+        :data:`IDLE_SECONDS` (the one server's stays)."""
+        if self._route.sharded and not shard.channels:
+            asyncio.get_running_loop().call_later(IDLE_SECONDS, self._retire_if_idle, shard)
+
+    def _retire_if_idle(self, shard: Shard) -> None:
+        if not shard.channels and self._shards.get(shard.node) is shard:
+            del self._shards[shard.node]  # no channel is placed on it from now on
+            shard.retire()
 
     # -- what the shards tell ---------------------------------------------------------------
 
@@ -280,7 +287,8 @@ class Hub:
                 if moved and self._where.get(name) is shard:
                     shard.channels.discard(name)
                     await self._place(name)
-        self._drop_if_idle(shard)
+        if not shard.channels:  # all moved (a failover): it is done with
+            self._retire_if_idle(shard)
 
     # -- the listeners ----------------------------------------------------------------------
 
@@ -301,7 +309,7 @@ class Hub:
                 task.cancel()
 
     def _start(self, shard: Shard) -> None:
-        task = asyncio.create_task(shard.run())
+        task = shard.task = asyncio.create_task(shard.run())
         self._tasks.add(task)  # with the ones dropped that are still closing
         task.add_done_callback(self._tasks.discard)
 

@@ -7,14 +7,15 @@ a failure reconnects with capped exponential backoff and subscribes its channels
 Where a channel goes is a :class:`Route`:
 
 - :class:`OneServer`: every channel on one connection (plain ``SUBSCRIBE``), which it keeps
-  even when no channel is live (subscribed to ``wxpush:hub``), so that subscribing later is
-  one command on an open connection.
+  even when no channel is live, so that subscribing later is one command on an open
+  connection.
 - :class:`ClusterShards` (SPEC §17): a scene's channel is *sharded* (``SSUBSCRIBE``), carried
   by the master of its slot, so a process holds a connection only to a master it waits on,
-  closed when its last channel goes. After a failure (the master died, a ``MOVED``, the slot
-  taken away by a resharding: ``sunsubscribe`` from the server), the cluster's map is read
-  again and every channel whose slot another master now serves moves to that master's
-  shard, re-confirmed and told ``RESYNC`` there (its state is in its key: nothing is missed).
+  closed once it has carried no channel for :data:`IDLE_SECONDS`. After a failure (the
+  master died, a ``MOVED``, the slot taken away by a resharding: ``sunsubscribe`` from the
+  server), the cluster's map is read again and every channel whose slot another master now
+  serves moves to that master's shard, re-confirmed and told ``RESYNC`` there (its state is
+  in its key: nothing is missed).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST, BACKOFF_CAP = 0.05, 5.0
 KEEPALIVE = "wxpush:hub"
+IDLE_SECONDS = 30.0  # a cluster shard that carried no channel this long is closed
 
 
 class Owner(Protocol):
@@ -110,8 +112,10 @@ class ClusterShards:
             # no retry of its own: a lost connection must reach the shard (which re-reads
             # the map and tells RESYNC), never be mended silently underneath it
             options = {**found.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+            # two: a shard that has just let go of its last channel may still be closing as
+            # the next one starts (the pool keeps the connection for the one after)
             pool = ConnectionPool(
-                connection_class=found.connection_class, max_connections=1, **options
+                connection_class=found.connection_class, max_connections=2, **options
             )
             client = self._clients[node] = Redis(connection_pool=pool)
         return client.pubsub()
@@ -131,15 +135,18 @@ def route_for(redis: Any) -> Route:
 
 
 class Shard:
-    """One pub/sub connection (see the module). ``keep``: hold it with no channel."""
+    """One pub/sub connection (see the module), subscribed to ``wxpush:hub`` as well, so that
+    it stays open (and its listener listening) whether or not a channel is live on it; the
+    hub ends a shard of a cluster that has carried nothing for a while (:meth:`retire`)."""
 
-    def __init__(self, owner: Owner, route: Route, node: str, *, keep: bool) -> None:
+    def __init__(self, owner: Owner, route: Route, node: str) -> None:
         self.node = node
         self.channels: set[str] = set()
         self.connected = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.retired = False  # the hub holds it no more: its listener ends
         self._owner = owner
         self._route = route
-        self._keep = keep
         self._pubsub: Any = None
 
     async def subscribe(self, name: str) -> None:
@@ -154,12 +161,13 @@ class Shard:
             with suppress(RedisError, OSError):
                 await self._command("unsubscribe", name)
 
-    @property
-    def idle(self) -> bool:
-        return not self.channels and not self._keep
+    def retire(self) -> None:
+        self.retired = True
+        if self.task is not None:
+            self.task.cancel()  # its connection closes as the listener ends
 
     async def run(self) -> None:
-        """Listen until cancelled, or (a shard that need not stay) until it carries nothing."""
+        """Listen until cancelled (or retired)."""
         try:
             await self._run()
         finally:
@@ -167,7 +175,7 @@ class Shard:
 
     async def _run(self) -> None:
         delay, first = BACKOFF_FIRST, True
-        while True:
+        while not self.retired:
             try:
                 await self._connect()
                 if not first:
@@ -177,18 +185,15 @@ class Shard:
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
-                if not self.idle:
-                    logger.warning("Redis pub/sub connection lost (%s); reconnecting in %.2f s",
-                                   type(exc).__name__, delay)  # fmt: skip
+                logger.warning("Redis pub/sub connection lost (%s); reconnecting in %.2f s",
+                               type(exc).__name__, delay)  # fmt: skip
             except Exception:
                 logger.exception("Redis pub/sub listener failed; reconnecting in %.2f s", delay)
             await self.close()
-            if not self.idle:
-                await self._owner.lost(self)  # channels another node serves now move there
-            if self.idle:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_CAP)
+            await self._owner.lost(self)  # channels another node serves now move there
+            if not self.retired:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_CAP)
 
     async def close(self) -> None:
         self.connected.clear()
@@ -199,8 +204,7 @@ class Shard:
 
     async def _connect(self) -> None:
         self._pubsub = self._route.pubsub(self.node)
-        if self._keep:
-            await self._pubsub.subscribe(KEEPALIVE)
+        await self._pubsub.subscribe(KEEPALIVE)  # plain SUBSCRIBE: on a cluster node too
         done: set[str] = set()
         while todo := self.channels - done:  # and any added meanwhile
             for name in todo:  # one at a time: a cluster's are on many slots
@@ -209,8 +213,12 @@ class Shard:
         self.connected.set()
 
     async def _command(self, verb: str, name: str) -> None:
-        sharded = self._route.sharded
-        await getattr(self._pubsub, "s" + verb if sharded else verb)(name)
+        if self._pubsub is None:
+            raise RedisConnectionError("the pub/sub connection is closed")
+        try:
+            await getattr(self._pubsub, "s" + verb if self._route.sharded else verb)(name)
+        except AttributeError as exc:  # redis-py's, on a connection closed meanwhile
+            raise RedisConnectionError("the pub/sub connection is closing") from exc
 
     async def _listen(self) -> None:
         async for message in self._pubsub.listen():
@@ -225,5 +233,4 @@ class Shard:
             elif kind == "sunsubscribe" and name in self.channels:
                 # not ours: the slot went to another master (a resharding)
                 raise ResponseError(f"the cluster moved {name} elsewhere")
-        if self.channels:  # the server ended every subscription
-            raise RedisConnectionError("Redis ended the subscriptions")
+        raise RedisConnectionError("Redis ended the subscriptions")
