@@ -107,6 +107,20 @@ class RedisCluster:
                 return int(master[1])
         raise AssertionError(f"slot {slot} of {key!r} is served by no master")
 
+    def move_slot(self, key: str, to: int) -> None:
+        """Reshard: move ``key``'s slot, its keys with it, to the master on ``to`` (as
+        ``redis-cli --cluster reshard`` does: IMPORTING, MIGRATING, MIGRATE, SETSLOT NODE)."""
+        source = self.master_of(key)
+        slot = int(ask(source, "CLUSTER", "KEYSLOT", key))
+        ids = {node.port: node.id for node in self.nodes() if node.alive_master}
+        ask(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        ask(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+        while keys := ask(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+            ask(source, "MIGRATE", "127.0.0.1", to, "", 0, int(TIMEOUT * 1000), "KEYS", *keys)
+        for port in ids:
+            ask(port, "CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+        self._wait(lambda: all(self.master_of(key) == to for _ in (0,)), f"slot {slot} moved")
+
     def replicate(self, port: int) -> None:
         """Wait until the replica has every write of the master on ``port``."""
         assert ask(port, "WAIT", 1, int(TIMEOUT * 1000)) == 1

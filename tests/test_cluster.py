@@ -273,3 +273,32 @@ def ask_list(port: int) -> list[dict[str, Any]]:
     """CLIENT LIST of the node on ``port``."""
     with redis.Redis(port=port, socket_timeout=TIMEOUT) as client:
         return list(client.client_list())
+
+
+def test_a_resharding_while_a_browser_waits_misses_nothing(
+    start: Callable[..., Site], shared_cluster: RedisCluster
+) -> None:
+    """The waited scene's slot moves to another master (its keys with it): the server's
+    shard there hears the server end its subscription, re-reads the map, subscribes at the
+    new master, and the scan that comes next (at another server, on the moved slot) reaches
+    the browser."""
+    site, scanner = start(), start()
+    created = site.new_scene()
+    key = "wxpush:scene:{" + created["scene"] + "}"
+    source = shared_cluster.master_of(key)
+    target = next(p for p in shared_cluster.masters() if p != source)
+
+    async def run() -> list[dict[str, Any]]:
+        async with connect(created["ws_url"]) as ws:
+            seen = [json.loads(await ws.recv())]
+            await asyncio.to_thread(shared_cluster.move_slot, key, target)
+            stranger = "oStranger0000000000000000009"
+            assert await asyncio.to_thread(deliver, scanner, created, stranger) == [200]
+            while seen[-1]["status"] == "LOOP":
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+            return seen
+
+    seen = asyncio.run(run())
+    assert shared_cluster.master_of(key) == target
+    assert seen[-1]["status"] == "NOT_REG", seen
+    assert site.poll(created["scene"])["status"] == "NOT_REG"  # the lane follows the MOVED
