@@ -73,7 +73,8 @@ class SentinelSet:
 
     def _server(self, port: int, *extra: str) -> None:
         self._spawn(port, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(self.workdir), *extra)  # fmt: skip
+                    "--appendonly", "no", "--repl-diskless-sync-delay", "0",
+                    "--dir", str(self.workdir), *extra)  # fmt: skip
         assert wait_for(lambda: ask(port, "PING"))
 
     def _spawn(self, port: int, *args: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests import fakewechat
+from tests import fakewechat, test_push
 from tests.sentinel import SentinelSet, ask, sentinel_set
 from tests.test_cli import wxpush
 from tests.test_login import NEW_OPENID, Site, database_url, sms_inbox, start
@@ -27,8 +27,18 @@ from wxpush.infra.redis_client import RedisTarget, open_connections
 
 __all__ = ["database_url", "sentinel_set", "sms_inbox", "start"]
 fake_wechat = fakewechat.fake_wechat
+cluster = test_push.cluster  # real `wxpush serve` processes
+# two of them on the set: 200 sockets opened as their scene is scanned on the other
+test_no_change_is_lost_between_subscribe_and_read = (
+    test_push.test_no_change_is_lost_between_subscribe_and_read
+)
 
 FAILOVER = TIMEOUT * 4  # down after 0.5 s, then the sentinels' vote and the promotion
+
+
+@pytest.fixture
+def redis_env(sentinel_set: SentinelSet) -> dict[str, str]:
+    return {"WXPUSH_REDIS_URL": "", "WXPUSH_REDIS_SENTINELS": sentinel_set.sentinels}
 
 
 def deliver(site: Site, created: dict[str, Any], openid: str) -> list[int]:
@@ -93,8 +103,14 @@ def test_a_failover_while_browsers_wait_loses_no_login(
     scenes = [site.new_scene() for _ in range(4)]
     strangers = [f"oStranger{i:019d}" for i in range(3)]
 
+    other = start(WXPUSH_REDIS_URL="", WXPUSH_REDIS_SENTINELS=sentinel_set.sentinels)
+    here, there = (s.client.base_url.netloc.decode() for s in (site, other))
+    # half the browsers wait at another server: its frames cross processes
+    urls = [c["ws_url"].replace(here, there) if n % 2 else c["ws_url"]
+            for n, c in enumerate(scenes)]  # fmt: skip
+
     async def run() -> list[list[dict[str, Any]]]:
-        sockets = [await connect(created["ws_url"]) for created in scenes]
+        sockets = [await connect(url) for url in urls]
         try:
             frames = [[json.loads(await ws.recv())] for ws in sockets]
             old = sentinel_set.master_port()

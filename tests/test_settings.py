@@ -80,6 +80,11 @@ def test_values_are_typed() -> None:
         ({"WXPUSH_REDIS_SENTINELS": "10.0.0.1"}, "WXPUSH_REDIS_SENTINELS"),
         ({"WXPUSH_REDIS_SENTINELS": "10.0.0.1:26379,,"}, "WXPUSH_REDIS_SENTINELS"),
         ({"WXPUSH_REDIS_SENTINELS": "10.0.0.1:99999"}, "WXPUSH_REDIS_SENTINELS"),
+        ({"WXPUSH_REDIS_CLUSTER": "maybe"}, "WXPUSH_REDIS_CLUSTER"),
+        ({"WXPUSH_REDIS_CLUSTER": "1", "WXPUSH_REDIS_SENTINELS": "h:1"}, "WXPUSH_REDIS_CLUSTER"),
+        ({"WXPUSH_REDIS_CLUSTER": "1", "WXPUSH_REDIS_URL": ""}, "WXPUSH_REDIS_URL"),
+        ({"WXPUSH_REDIS_CLUSTER": "1", "WXPUSH_REDIS_URL": "unix:///r.sock"}, "WXPUSH_REDIS_URL"),
+        ({"WXPUSH_REDIS_CLUSTER": "1", "WXPUSH_REDIS_URL": "redis://h:7000/2"}, "WXPUSH_REDIS_URL"),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> None:
@@ -98,6 +103,13 @@ def test_sentinels_are_where_redis_is() -> None:
     named = load(WXPUSH_REDIS_SENTINELS="h:1", WXPUSH_REDIS_SENTINEL_SERVICE="cache")
     assert named.redis is not None and named.redis.service == "cache"
     assert load(WXPUSH_REDIS_URL="").redis is None  # embedded
+
+
+def test_a_cluster_is_reached_through_any_node() -> None:
+    s = load(WXPUSH_REDIS_URL="rediss://:pw@node-1:7000", WXPUSH_REDIS_CLUSTER="yes")
+    assert s.redis == RedisTarget("rediss://:pw@node-1:7000", (), "mymaster", True)
+    assert s.redis.mode == "cluster"
+    assert load(WXPUSH_REDIS_URL="redis://node-1:7000/0", WXPUSH_REDIS_CLUSTER="1").redis
 
 
 def test_access_token_url_stands_in_for_the_secret() -> None:

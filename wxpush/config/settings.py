@@ -127,8 +127,9 @@ class Settings:
 
     @property
     def embedded_redis(self) -> bool:
-        """No Redis URL and no sentinels: one process on an in-memory Redis-compatible store."""
-        return self.redis_url is None and not self.redis_sentinels
+        """No Redis URL, sentinels or cluster: one process on an in-memory Redis-compatible
+        store."""
+        return self.redis_url is None and not self.redis_sentinels and not self.redis_cluster
 
     @property
     def redis(self) -> RedisTarget | None:
