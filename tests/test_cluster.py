@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.sentinel import ask
 from tests.test_cli import wxpush
 from tests.test_login import NEW_OPENID, Site
 from tests.test_people_links import log_in
+from tests.test_sentinel import deliver  # WeChat's callback, delivered again while not 200
 from tests.util import TIMEOUT
 
 fake_wechat = fakewechat.fake_wechat
@@ -100,24 +100,6 @@ def redis_env() -> dict[str, str]:
 def database_url(tmp_path: Path) -> str:
     """SQLite: what the cluster changes is all in Redis."""
     return f"sqlite+aiosqlite:///{tmp_path / 'people.db'}"
-
-
-def deliver(site: Site, created: dict[str, Any], openid: str) -> list[int]:
-    """WeChat delivers a scan: the same signed message again while the answer is not 200
-    (WeChat retries a failed callback), for at most :data:`FAILOVER` s; the statuses seen."""
-    params, body = site.scan_event(site.fake.scene_of(created["qr_url"]), openid)
-    deadline, seen = time.monotonic() + FAILOVER, []
-    while True:
-        try:
-            answer = site.client.post("/wechat/default/callback", params=params, content=body)
-            seen.append(answer.status_code)
-            if answer.status_code == 200:
-                return seen
-            assert answer.status_code == 503, answer.text  # a shard away: a 503, never a 500
-        except httpx.TimeoutException:
-            seen.append(0)
-        assert time.monotonic() < deadline, "the callback never succeeded after the failover"
-        time.sleep(0.2)
 
 
 def slot_owner(cluster: RedisCluster, scene_id: str) -> int:

@@ -18,16 +18,17 @@ replica once the cluster has one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 
 from wxpush.infra.cluster import ClusterClient
-from wxpush.infra.pipeline import Arg, PipelinedConnection
+from wxpush.infra.pipeline import Arg, PipelinedConnection, run_script
 
 REDIRECTIONS = 3  # MOVED answers followed for one command at most
 
@@ -147,11 +148,7 @@ class ClusterScript:
     async def __call__(
         self, keys: Sequence[Arg] | None = None, args: Sequence[Arg] | None = None
     ) -> Any:
-        keys, args = keys or (), args or ()
         if not keys:
             raise ValueError("a script on a cluster needs a key to route by")
-        try:
-            return await self._lanes.execute(keys[0], "EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._lanes.execute(keys[0], "SCRIPT", "LOAD", self._script)
-            return await self._lanes.execute(keys[0], "EVALSHA", self.sha, len(keys), *keys, *args)
+        execute = functools.partial(self._lanes.execute, keys[0])
+        return await run_script(execute, self.sha, self._script, keys, args)

@@ -10,22 +10,17 @@ against ≈ 7 µs here, and after the few milliseconds of idleness between two s
 more wall time per command.
 
 A :class:`PipelinedConnection` writes every command at once on one connection and matches the
-replies to
-their callers in order (Redis answers a connection's commands in the order it sent them), so
-any number of callers share it without waiting for each other; commands written in the same
-turn of the event loop leave in one ``write``. hiredis parses the replies.
+replies to their callers in order (Redis answers a connection's commands in the order it sent
+them), so any number of callers share it without waiting for each other; commands written in
+the same turn of the event loop leave in one ``write``. hiredis parses the replies.
 
 Faults: a lost connection fails the commands in flight with redis-py's ``ConnectionError``
 (a 503 to the caller, as from the pool), and the next command connects again; a command
 without its reply after :data:`wxpush.infra.redis_client.SOCKET_TIMEOUT` fails with
-``TimeoutError`` and
-drops the connection, since the server is stuck or gone. Nothing is retried: a script that
-may have run is never run twice (a ``NOSCRIPT`` answer means it did not run: the script
-is loaded and sent again).
-
-The embedded store (fakeredis) has no pipelined connection; there the redis-py client serves the
-same calls
-(:class:`HotCommands` is what both offer).
+``TimeoutError`` and drops the connection, since the server is stuck or gone. Nothing is
+retried: a script that may have run is never run twice (a ``NOSCRIPT`` answer means it did
+not run: the script is loaded and sent again). The embedded store (fakeredis) has no
+pipelined connection; the redis-py client serves the same calls there (:class:`HotCommands`).
 """
 
 from __future__ import annotations
@@ -61,8 +56,7 @@ class HotScript(Protocol):
 
 
 class HotCommands(Protocol):
-    """The calls the hot path makes, as redis-py names them (a :class:`PipelinedConnection` or a
-    client)."""
+    """The calls the hot path makes, as redis-py names them (a pipelined connection or a client)."""
 
     def register_script(self, script: str) -> HotScript: ...
 
@@ -99,8 +93,7 @@ class PipelinedConnection:
 
     @staticmethod
     def serves(url: str) -> bool:
-        """Plain TCP, TLS (``rediss://``, with redis-py's ``ssl_*`` URL options) and unix
-        sockets."""
+        """TCP, TLS (``rediss://``, redis-py's ``ssl_*`` URL options), unix sockets."""
         return urlsplit(url).scheme in ("redis", "rediss", "unix")
 
     async def execute(self, *args: Arg) -> Any:
@@ -186,8 +179,7 @@ class PipelinedConnection:
 
 class PipelinedScript:
     """A Lua script run by ``EVALSHA`` on a :class:`PipelinedConnection`, loaded again after a
-    ``NOSCRIPT``
-    (a restarted or flushed Redis)."""
+    ``NOSCRIPT`` (a restarted or flushed Redis)."""
 
     def __init__(self, connection: PipelinedConnection, script: str) -> None:
         self._connection = connection
@@ -197,12 +189,20 @@ class PipelinedScript:
     async def __call__(
         self, keys: Sequence[Arg] | None = None, args: Sequence[Arg] | None = None
     ) -> Any:
-        keys, args = keys or (), args or ()
-        try:
-            return await self._connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._connection.execute("SCRIPT", "LOAD", self._script)
-            return await self._connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        return await run_script(self._connection.execute, self.sha, self._script, keys, args)
+
+
+async def run_script(
+    execute: Any, sha: str, script: str, keys: Sequence[Arg] | None, args: Sequence[Arg] | None
+) -> Any:
+    """``EVALSHA`` by ``execute`` (one command's reply), the script loaded after a
+    ``NOSCRIPT``."""
+    keys, args = keys or (), args or ()
+    try:
+        return await execute("EVALSHA", sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await execute("SCRIPT", "LOAD", script)
+        return await execute("EVALSHA", sha, len(keys), *keys, *args)
 
 
 class _Connection(asyncio.Protocol):
