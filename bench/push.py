@@ -26,11 +26,22 @@ Each N gets a fresh redis-server and server, so RSS and CPU start from the same 
 machine with two or more cores the server runs alone on core 0 and everything else (Redis, the
 clients, the firer, the fake WeChat) on the others.
 
+``--redis cluster`` runs on a Redis Cluster of three masters without replicas, started for each
+N on free loopback ports (``bench/topology.py``), with ``WXPUSH_REDIS_CLUSTER=1``: a scene's key
+and sharded channel are on its slot's master, and the server's hub holds one pub/sub connection
+per master it waits on; the scans are spread evenly over the masters. ``--servers 2`` starts two
+servers on the same Redis (both on core 0): A makes the scenes and takes the callbacks, the
+waiters' WebSockets and the pollers are on B, so every frame crosses processes; RSS, idle CPU
+and the push metric are B's. Either adds a table per Redis node: the waiters' scenes and the
+scans on it, their push latency, each server's connections (``CLIENT LIST``, named
+``wxpush-<pid>``) and the channels subscribed there.
+
 Run from the repository root (``pip install -e '.[test,bench]'`` first)::
 
     python bench/push.py                          # N = 1,000 and 5,000
     python bench/push.py --waiters 10000 --scans 1000
     python bench/push.py --waiters 1000 --fire-concurrency 4 --idle-seconds 20
+    python bench/push.py --waiters 1000 --redis cluster --servers 2
 """
 
 from __future__ import annotations
@@ -70,9 +81,10 @@ from callback_http import (
     free_port,
     http_request,
     pinned,
-    start_redis,
     stop,
 )
+from topology import Placement, Server, Store, brief, node_views, totals
+from topology import report as report_nodes
 
 from wxpush.wechat.crypto import MessageCrypto
 
@@ -353,8 +365,9 @@ def split(items: Sequence[str], parts: int) -> list[list[str]]:
 
 
 def start_server(
-    port: int, redis_port: int, creds: Credentials, wechat_url: str, workdir: Path, log: Path
-) -> subprocess.Popen[bytes]:
+    port: int, store: Store, creds: Credentials, wechat_url: str, workdir: Path, log: Path,
+    jwt_secret: str,
+) -> subprocess.Popen[bytes]:  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WXPUSH_")}
     env.update(
         {
@@ -362,16 +375,18 @@ def start_server(
             "WXPUSH_APPSECRET": creds.secret,
             "WXPUSH_TOKEN": creds.token,
             "WXPUSH_AES_KEY": creds.aes_key,
-            "WXPUSH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "WXPUSH_REDIS_URL": store.url,
             "WXPUSH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'wxpush.db'}",
             "WXPUSH_LOG_LEVEL": "warning",
             "WXPUSH_WECHAT_API_BASE": wechat_url,
-            "WXPUSH_JWT_SECRET": secrets.token_hex(32),
+            "WXPUSH_JWT_SECRET": jwt_secret,  # one for both servers of --servers 2
             "WXPUSH_QR_EXPIRE_SECONDS": str(QR_EXPIRE_SECONDS),
             "WXPUSH_SCENES_PER_MINUTE_PER_IP": "1000000000",
             "WXPUSH_SOCKETS_PER_IP": "1000000000",
         }
     )
+    if store.cluster:
+        env["WXPUSH_REDIS_CLUSTER"] = "1"
     wxpush = shutil.which("wxpush")
     cmd = [wxpush] if wxpush else [sys.executable, "-m", "wxpush"]
     cmd += ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -557,6 +572,7 @@ class Result:
     closed_early: list[tuple[str, int | None, str]] = field(default_factory=list)
     alive_after: int = 0
     others: dict[str, float] = field(default_factory=dict)  # phase → % of a core not ours
+    placement: Placement | None = None  # per Redis node (--redis cluster, --servers 2)
 
     @property
     def rss_per_waiter_kib(self) -> float:
@@ -606,37 +622,55 @@ def run_one(
     server_cpus, other_cpus = cpus
     result = Result(n)
     creds = Credentials.generate()
-    redis_port, port = free_port(), free_port()
-    children: list[tuple[subprocess.Popen[bytes], str]] = []
+    jwt_secret = secrets.token_hex(32)
+    servers: list[Server] = []
     clients: list[Clients] = []  # filled by _run, stopped here whatever happens
     with (
         tempfile.TemporaryDirectory(prefix="wxpush-push-") as scratch,
         FakeWeChat(appid=creds.appid, secret=creds.secret).running() as fake,
     ):
         workdir = Path(scratch)
-        log = workdir / "server.log"
+        store = Store(args.redis, workdir)
+        labels = ["A", "B"] if args.servers == 2 else [""]
+        logs = [workdir / f"server{'-' if label else ''}{label}.log" for label in labels]
         try:
             with pinned(other_cpus):
-                redis_proc = start_redis(redis_port, workdir)
-            children.append((redis_proc, "redis-server"))
-            with pinned(server_cpus):
-                server = start_server(port, redis_port, creds, fake.url, workdir, log)
-            children.append((server, "wxpush serve"))
-            print(f"\n## N = {n:,}: wxpush serve pid {server.pid} on 127.0.0.1:{port} "
-                  f"(open files {nofile_of(server.pid)}), redis :{redis_port}, "
-                  f"fake WeChat {fake.url}")  # fmt: skip
-            _run(args, n, result, creds, port, redis_port, server.pid, fake, other_cpus, clients)
+                store.start()
+            for label, log in zip(labels, logs, strict=True):
+                port = free_port()
+                with pinned(server_cpus):
+                    proc = start_server(port, store, creds, fake.url, workdir, log, jwt_secret)
+                servers.append(Server(label, port, proc))
+            if not topology(args):
+                server = servers[0]
+                print(f"\n## N = {n:,}: wxpush serve pid {server.pid} on 127.0.0.1:{server.port} "
+                      f"(open files {nofile_of(server.pid)}), redis :{store.ports[0]}, "
+                      f"fake WeChat {fake.url}")  # fmt: skip
+            else:
+                said = ", ".join(f"{s.label or 'wxpush serve'} pid {s.pid} on 127.0.0.1:{s.port}"
+                                 for s in servers)  # fmt: skip
+                print(f"\n## N = {n:,}: {said} (open files {nofile_of(servers[-1].pid)}); "
+                      f"{store.describe()}; fake WeChat {fake.url}")  # fmt: skip
+            _run(args, n, result, creds, store, servers, fake, other_cpus, clients)
         finally:
             for group in clients:
                 group.stop()
-            for proc, name in reversed(children):
-                stop(proc, name)
-            text = log.read_text(errors="replace") if log.exists() else ""
-            if text.strip():
-                print("  server log (warnings and errors, last 3,000 characters):")
-                for line in text[-3000:].splitlines():
-                    print(f"    {line}")
+            for server in reversed(servers):
+                stop(server.proc, f"wxpush serve {server.label}".rstrip())
+            store.stop()
+            for label, log in zip(labels, logs, strict=True):
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if text.strip():
+                    name = f"server {label}" if label else "server"
+                    print(f"  {name} log (warnings and errors, last 3,000 characters):")
+                    for line in text[-3000:].splitlines():
+                        print(f"    {line}")
     return result
+
+
+def topology(args: argparse.Namespace) -> bool:
+    """Whether the run is not the default one (one redis-server, one server)."""
+    return bool(args.redis != "single" or args.servers != 1)
 
 
 def _run(
@@ -644,19 +678,35 @@ def _run(
     n: int,
     result: Result,
     creds: Credentials,
-    port: int,
-    redis_port: int,
-    pid: int,
+    store: Store,
+    servers: list[Server],
     fake: Any,
     other_cpus: set[int] | None,
     owned: list[Clients],
 ) -> None:
     pollers = min(n, args.max_pollers)
     result.pollers = pollers
+    front, back = servers[0], servers[-1]  # A: scenes and callbacks; B: waiters and pollers
+    port, pid = back.port, back.pid
+    placement = result.placement = Placement() if topology(args) else None
+
+    def redis_view(when: str) -> RedisView:
+        """B's connections; by default every connection but ours (as this script always did)."""
+        if placement is None:
+            return RedisView.of(store.ports[0])
+        views = node_views(store, servers)
+        if when == "idle":
+            placement.nodes_idle = views
+        else:
+            placement.nodes_waiting = views
+        return RedisView(*totals(views, back.label))
+
+    def sample_of(scenes: Sequence[str], k: int) -> list[str]:
+        return store.sample(scenes, k) if placement else random.sample(scenes, min(k, len(scenes)))
 
     # 1. scenes
     t0 = time.monotonic()
-    made = asyncio.run(create_scenes(port, n + pollers, args.create_concurrency))
+    made = asyncio.run(create_scenes(front.port, n + pollers, args.create_concurrency))
     if len(made) < n + pollers:
         raise RuntimeError(f"only {len(made)} of {n + pollers} scenes were created")
     for body in random.sample(made, 20):  # the QR code carries login:<id>, nothing else
@@ -668,10 +718,12 @@ def _run(
     # 2. idle, no waiter
     time.sleep(2)
     result.rss_idle_mib = ProcStats.of(pid).rss_mib
-    result.redis_idle = RedisView.of(redis_port)
+    result.redis_idle = redis_view("idle")
     result.idle_cpu_zero, _ = cpu_percent(pid, min(10.0, args.idle_seconds))
     print(f"  no waiter: RSS {result.rss_idle_mib:.1f} MiB, CPU {result.idle_cpu_zero:.2f} % "
           f"of a core, Redis {result.redis_idle}")  # fmt: skip
+    if placement:
+        print(f"  per node: {brief(placement.nodes_idle)}")
 
     # 3. N sockets
     clients = Clients(args.clients, port, other_cpus, args.deadline + 60)
@@ -693,20 +745,27 @@ def _run(
         print(f"    failure: {failure}")
     time.sleep(3)
     result.rss_waiting_mib = ProcStats.of(pid).rss_mib
-    result.redis_waiting = RedisView.of(redis_port)
+    result.redis_waiting = redis_view("waiting")
     result.idle_seconds = args.idle_seconds
     others = Others()
+    a0, t0 = ProcStats.of(front.pid).cpu_seconds, time.monotonic()
     result.idle_cpu, result.idle_cpu_median = cpu_percent(pid, args.idle_seconds)
     result.others["idle"] = others.percent()
+    if placement:
+        placement.front_idle_cpu = (100 * (ProcStats.of(front.pid).cpu_seconds - a0)
+                                    / (time.monotonic() - t0))  # fmt: skip
+        placement.front_rss_mib = ProcStats.of(front.pid).rss_mib
     print(f"  {n:,} waiters: RSS {result.rss_waiting_mib:.1f} MiB "
           f"({result.rss_per_waiter_kib:.1f} KiB each), idle CPU {result.idle_cpu:.2f} % "
           f"(median second {result.idle_cpu_median:.1f} %) over "
           f"{args.idle_seconds:.0f} s, Redis {result.redis_waiting}")  # fmt: skip
+    if placement:
+        print(f"  per node: {brief(placement.nodes_waiting)}")
 
     # 4. push
-    sample = random.sample(waiting, min(args.scans, n))
+    sample = sample_of(waiting, args.scans)
     others = Others()
-    fired = asyncio.run(fire_scans(creds, port, sample, args.fire_concurrency, "ws"))
+    fired = asyncio.run(fire_scans(creds, front.port, sample, args.fire_concurrency, "ws"))
     result.others["push"] = others.percent()
     result.scan_statuses = fired.statuses
     time.sleep(2)
@@ -714,22 +773,27 @@ def _run(
     for _, part, _, _ in clients.ask([("frames",)] * args.clients):
         frames.update(part)
     scanned = set(sample)
-    push: list[float] = []
+    push: dict[str, float] = {}
     for scene in sample:
         got = [t for t, status in frames.get(scene, [])[1:] if status == "NOT_REG"]
         if not got:
             result.push_missed += 1
             continue
-        push.append(got[0] - fired.sent[scene])
+        push[scene] = got[0] - fired.sent[scene]
         result.frame_before_answer += got[0] < fired.answered[scene]
-    result.push = sorted(push)
+    result.push = sorted(push.values())
+    if placement:
+        placement.place(store, waiting, sample, push)
     result.push_answer = sorted(fired.answered[s] - fired.sent[s] for s in fired.answered)
     result.spurious = sum(len(f) - 1 for s, f in frames.items() if s not in scanned)
     m = metrics_of(port)
     count = m.get("wxpush_push_latency_seconds_count", 0.0)
     if count:
         result.server_push_mean_ms = 1000 * m["wxpush_push_latency_seconds_sum"] / count
-    result.hub_reconnects = m.get("wxpush_hub_reconnects_total", 0.0)
+    result.hub_reconnects = sum(
+        (metrics_of(s.port) if s is not back else m).get("wxpush_hub_reconnects_total", 0.0)
+        for s in servers
+    )
     result.waiters_gauge = m.get('wxpush_waiters{transport="websocket"}', math.nan)
     print(f"  push: {len(push)} of {len(sample)} scans seen, p50 {1000 * pct(result.push, 0.5):.2f}"
           f" ms, p99 {1000 * pct(result.push, 0.99):.2f} ms; callback answers "
@@ -745,8 +809,10 @@ def _run(
     time.sleep(args.poll_seconds)
     busy1, w1 = ProcStats.of(pid).cpu_seconds, time.monotonic()
     result.poll_cpu = 100 * (busy1 - busy0) / (w1 - w0)
-    poll_sample = random.sample(polling, min(args.scans, pollers))
-    fired_poll = asyncio.run(fire_scans(creds, port, poll_sample, args.fire_concurrency, "poll"))
+    poll_sample = sample_of(polling, min(args.scans, pollers))
+    fired_poll = asyncio.run(
+        fire_scans(creds, front.port, poll_sample, args.fire_concurrency, "poll")
+    )
     result.others["polling"] = others.percent()
     result.scan_statuses.update(fired_poll.statuses)
     time.sleep(2.5)  # every poller has polled at least twice since its scan
@@ -831,11 +897,7 @@ def report(results: Sequence[Result], args: argparse.Namespace, where: str) -> N
             ", ".join(f"{r.rss_per_waiter_kib:.1f} KiB" for r in results),
             all(r.rss_per_waiter_kib <= 20 for r in results),
         ),
-        (
-            GOALS[3],
-            ", ".join(str(r.redis_waiting.pubsub if r.redis_waiting else "?") for r in results),
-            all(r.redis_waiting is not None and r.redis_waiting.pubsub == 1 for r in results),
-        ),
+        pubsub_goal(results, args),
         (
             GOALS[4],
             ", ".join(f"{r.idle_cpu:.2f} %" for r in results),
@@ -899,6 +961,32 @@ def report(results: Sequence[Result], args: argparse.Namespace, where: str) -> N
         print(f"- N = {r.waiters:,}: {extra}; " + ("; ".join(problems) or "no errors"))
 
 
+def pubsub_goal(
+    results: Sequence[Result], args: argparse.Namespace
+) -> tuple[tuple[str, str], str, bool]:
+    """The goals row of pub/sub connections: 1 on one Redis; on a cluster, one per master
+    that carries a waiter's channel (and none on a master that carries none)."""
+    if args.redis != "cluster":
+        return (
+            GOALS[3],
+            ", ".join(str(r.redis_waiting.pubsub if r.redis_waiting else "?") for r in results),
+            all(r.redis_waiting is not None and r.redis_waiting.pubsub == 1 for r in results),
+        )
+    label = "B" if args.servers == 2 else ""
+    measured: list[str] = []
+    met = True
+    for r in results:
+        views = r.placement.nodes_waiting if r.placement else []
+        each = [v.conns[label][1] for v in views]
+        measured.append(" / ".join(map(str, each)) or "?")
+        met &= bool(views) and all(
+            v.conns[label][1] == (1 if r.placement and r.placement.waiters[v.port] else 0)
+            for v in views
+        )
+    return ((GOALS[3][0] + " (per master)", "1 per master waited on"),
+            ", ".join(measured) + " (per master)", met)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waiters", default="1000,5000", help="comma-separated Ns")
@@ -914,6 +1002,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--poll-seconds", type=float, default=10.0, help="req/s window")
     parser.add_argument("--deadline", type=int, default=900, help="seconds per N at most")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--redis", choices=("single", "cluster"), default="single",
+                        help="one redis-server, or a Redis Cluster of 3 masters")  # fmt: skip
+    parser.add_argument("--servers", type=int, choices=(1, 2), default=1,
+                        help="2: scenes and callbacks on server A, waiters on B")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         ns = [int(x.replace("_", "")) for x in args.waiters.split(",") if x.strip()]
@@ -937,6 +1029,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin = not args.no_pin and len(cores) >= 2
     cpus = ({cores[0]}, set(cores[1:])) if pin else (None, None)
     where = "server on core 0, the rest on the others" if pin else "not pinned"
+    if pin and args.servers == 2:
+        where = "servers A and B on core 0, the rest on the others"
 
     def deadline(signum: int, frame: object) -> None:
         raise Deadline(f"a run took more than {args.deadline} s; stopping")
@@ -956,6 +1050,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nRUN FAILED: {exc}", file=sys.stderr)
     if results:
         report(results, args, where)
+        placed = [(r.waiters, r.placement) for r in results if r.placement is not None]
+        if placed:
+            report_nodes(placed, args.redis, args.servers)
     return 0 if len(results) == len(ns) else 1
 
 
