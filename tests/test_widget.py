@@ -105,7 +105,7 @@ def open_widget(context: sync_api.BrowserContext, base: str) -> tuple[sync_api.P
     qr = page.locator('[data-wxpush="qr"]')
     qr.wait_for(state="visible")
     wait_for(lambda: qr.evaluate("img => img.complete && img.naturalWidth > 0"))
-    href = page.locator('[data-wxpush="qr-link"]').get_attribute("href")
+    href = qr_href(page)
     assert href and "/sandbox/phone?ticket=" in href
     return page, href
 
@@ -149,6 +149,12 @@ def assert_logged_in(page: sync_api.Page) -> None:
     sync_api.expect(who).to_contain_text("Logged in as user", timeout=MS)
 
 
+def qr_href(page: sync_api.Page) -> str:
+    """The QR code's link, once the widget has its scene (the link is in the page before its
+    ``href`` is)."""
+    return page.locator('[data-wxpush="qr-link"][href]').get_attribute("href") or ""
+
+
 def test_known_person_is_logged_in_by_the_push(demo: str, context: sync_api.BrowserContext) -> None:
     """The tokens come in a frame on the page's socket: no read, no long-poll (how fast is
     measured by bench/push.py, not asserted)."""
@@ -165,7 +171,7 @@ def test_known_person_is_logged_in_by_the_push(demo: str, context: sync_api.Brow
     old_src = page.locator('[data-wxpush="qr"]').get_attribute("src") or ""
     page.locator('[data-wxpush="refresh"]').click()
     sync_api.expect(page.locator('[data-wxpush="qr"]')).not_to_have_attribute("src", old_src)
-    qr_url = page.locator('[data-wxpush="qr-link"]').get_attribute("href") or ""
+    qr_url = qr_href(page)
     assert "/sandbox/phone?ticket=" in qr_url
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
@@ -280,7 +286,7 @@ def test_claimed_elsewhere_and_chinese(demo: str, browser: sync_api.Browser) -> 
         status = page.locator('[data-wxpush="status"]')
         sync_api.expect(status).to_contain_text("微信")
         assert page.locator('[data-wxpush="refresh"]').inner_text() == "换一个二维码"
-        href = page.locator('[data-wxpush="qr-link"]').get_attribute("href")
+        href = qr_href(page)
         assert href
         sync_api.expect(page.locator("#login")).to_have_attribute("data-wxpush-transport", "poll")
         # Another tab (here: this test) reads the REG first and takes the tokens.

@@ -24,7 +24,7 @@ from playwright import sync_api
 
 from tests import test_widget
 from tests.procs import ServerProcess, run_demo
-from tests.test_widget import LOGGED_IN, MS, scan_known, shot
+from tests.test_widget import LOGGED_IN, MS, qr_href, scan_known, shot
 from tests.util import TIMEOUT
 
 STORED = "wxpush:scene"  # where the widget keeps the in-WeChat door's scene
@@ -188,9 +188,7 @@ def test_follow_door_is_unchanged(demo: str, context: sync_api.BrowserContext) -
     sync_api.expect(qr).to_be_visible()
     sync_api.expect(page.locator(STATUS)).to_contain_text("Scan the QR code with WeChat")
     assert page.locator(BUTTON).count() == 0 and page.locator(WXLOGIN_FRAME).count() == 0
-    assert "/sandbox/phone?ticket=" in (
-        page.locator('[data-wxpush="qr-link"]').get_attribute("href") or ""
-    )
+    assert "/sandbox/phone?ticket=" in qr_href(page)
     with page.expect_request(lambda r: r.url.endswith("/api/v1/scenes")) as created:
         choose_door(page, "follow")
     assert "kind" not in (created.value.post_data_json or {})  # what any server makes
@@ -209,7 +207,7 @@ def test_website_door_then_the_follow_door_is_the_same_user(
     page = context.new_page()
     page.goto(demo + "/?door=follow")
     frames = record_frames(page)
-    qr_url = page.locator('[data-wxpush="qr-link"]').get_attribute("href") or ""
+    qr_url = qr_href(page)
     assert "/sandbox/phone?ticket=" in qr_url
     scan_known(context, qr_url, website_user["person"])
     logged_in_as(page, website_user["sub"])
