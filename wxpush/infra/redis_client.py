@@ -181,7 +181,8 @@ def _open_sentinel(target: RedisTarget, connections: int) -> Redis:
         if issubclass(options.pop("connection_class", object), SSLConnection):
             options["ssl"] = True
     timeouts = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT}
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
+    # redis-py annotates Sentinel in some releases and not in others
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call,unused-ignore]
     pool = _SentinelBlockingPool(target.service, sentinel, **_pool_options(connections), **options)  # type: ignore[no-untyped-call]
     return Redis.from_pool(pool)
 
